@@ -1,0 +1,124 @@
+"""Configuration, validated once at cold start from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from crm_to_books.entities import KINDS
+from crm_to_books.errors import ConfigurationError
+
+DecimalId = Annotated[str, Field(pattern=r"^[0-9]{1,19}$")]
+
+
+class Organization(BaseModel):
+    """A Books organization this service may import into, and Zoho's limits for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connection: str = Field(default="default", min_length=1)
+    requests_per_minute: int = Field(default=100, ge=1, le=10_000)
+    daily_limit: int = Field(default=1000, ge=1, le=10_000_000)
+    max_concurrency: int = Field(default=10, ge=1, le=100)
+
+
+class Settings(BaseModel):
+    """Everything a function needs that is not a secret. Read from the environment."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    ledger_table: str = Field(min_length=3)
+    state_table: str = Field(min_length=3)
+    event_bus_name: str = Field(default="", description="empty: outcome events are not sent")
+    organizations: dict[DecimalId, Organization] = Field(min_length=1)
+    connections: dict[str, str] = Field(min_length=1, description="connection name -> secret id")
+    queue_urls: dict[str, str] = Field(default_factory=dict, description="kind -> queue URL")
+    import_kind: str | None = None
+    rate_window_seconds: float = Field(default=60.0, gt=0, le=3600)
+    zoho_connect_timeout: float = Field(default=3.05, gt=0, le=30)
+    zoho_read_timeout: float = Field(default=20.0, gt=0, le=120)
+    token_refresh_margin_seconds: float = Field(default=300.0, ge=0, le=3000)
+    token_wait_seconds: float = Field(default=8.0, ge=0, le=60)
+    ledger_retention_days: int = Field(default=0, ge=0, description="0 keeps records forever")
+
+    @field_validator("import_kind")
+    @classmethod
+    def _known_kind(cls, value: str | None) -> str | None:
+        if value is not None and value not in KINDS:
+            raise ValueError(f"must be one of {', '.join(KINDS)}")
+        return value
+
+    @field_validator("queue_urls")
+    @classmethod
+    def _known_queue_kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown kinds {unknown}: expected {', '.join(KINDS)}")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        missing = sorted(
+            {o.connection for o in self.organizations.values()} - set(self.connections)
+        )
+        if missing:
+            raise ValueError(f"organizations use connections with no secret: {missing}")
+
+    def organization(self, organization_id: str) -> Organization:
+        """The organization's settings; UnknownOrganization if it is not configured."""
+        from crm_to_books.errors import UnknownOrganization
+
+        try:
+            return self.organizations[organization_id]
+        except KeyError:
+            raise UnknownOrganization(organization_id) from None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        for name in cls.model_fields:
+            value = env.get(name.upper())
+            if value is None:
+                continue
+            if name in {"organizations", "connections", "queue_urls"}:
+                try:
+                    raw[name] = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ConfigurationError(f"{name.upper()}: not valid JSON ({exc.msg})") from None
+            else:
+                raw[name] = value
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings (for stacks and tests)."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            out[name.upper()] = json.dumps(value) if isinstance(value, dict) else str(value)
+        return out
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        field = where.split(".", 1)[0].upper() + (
+            "." + where.split(".", 1)[1] if "." in where else ""
+        )
+        parts.append(f"{field}: {err['msg']}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once (cold start)."""
+    return Settings.from_env()

@@ -1,0 +1,129 @@
+"""Names and settings of every AWS resource, shared by the CDK app and the local stack.
+
+One source of truth: `infra/` builds these resources in AWS, the local stack creates the same
+ones in the emulator. Handlers never read this module for names: they get them from the
+environment (see `settings.py`), which both the stack and the local stack fill from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crm_to_books.entities import KINDS
+
+DEFAULT_PREFIX = "crm-to-books"
+
+# SQS and Lambda settings for the per-kind import queues.
+FUNCTION_TIMEOUT_SECONDS = 30
+QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * FUNCTION_TIMEOUT_SECONDS  # AWS: at least 6x the timeout
+MAX_RECEIVE_COUNT = 8  # a throttled import is retried many times before the DLQ
+BATCH_SIZE = 10
+MAX_BATCHING_WINDOW_SECONDS = 2
+QUEUE_MAXIMUM_CONCURRENCY = 5  # per kind; the rate limiter still caps Zoho concurrency per org
+DLQ_RETENTION_DAYS = 14
+
+# EventBridge
+EVENT_SOURCE = "crm-to-books"
+DETAIL_IMPORT_REQUESTED = "Import Requested"
+DETAIL_IMPORT_SUCCEEDED = "Import Succeeded"
+DETAIL_IMPORT_FAILED = "Import Failed"
+
+# Scheduled jobs
+TOKEN_KEEPER_RATE_MINUTES = 15
+REDRIVE_RATE_MINUTES = 5
+
+# Key schema shared by the stack and the emulator.
+LEDGER_PARTITION_KEY = "pk"
+LEDGER_SORT_KEY = "sk"
+LEDGER_STATUS_INDEX = "by_status"
+LEDGER_STATUS_INDEX_PARTITION_KEY = "org_status"
+LEDGER_STATUS_INDEX_SORT_KEY = "updated_at"
+STATE_PARTITION_KEY = "pk"
+STATE_TTL_ATTRIBUTE = "expires_at_epoch"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    """One Lambda function: where its handler lives and what triggers it."""
+
+    name: str  # logical name, also the folder under functions/
+    handler_dir: str  # folder under functions/ holding handler.py
+    kind: str | None = None  # the import kind, for per-kind functions
+    description: str = ""
+    http_routes: tuple[tuple[str, str], ...] = ()  # (method, path) in API Gateway's syntax
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The physical names of the stack's resources for one prefix (e.g. a stage)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def queue(self, kind: str) -> str:
+        return f"{self.prefix}-{kind}-imports"
+
+    def dlq(self, kind: str) -> str:
+        return f"{self.prefix}-{kind}-imports-dlq"
+
+    @property
+    def ledger_table(self) -> str:
+        return f"{self.prefix}-ledger"
+
+    @property
+    def state_table(self) -> str:
+        return f"{self.prefix}-state"
+
+    @property
+    def event_bus(self) -> str:
+        return f"{self.prefix}-bus"
+
+    def connection_secret(self, connection: str) -> str:
+        return f"{self.prefix}/connections/{connection}"
+
+    @property
+    def api_name(self) -> str:
+        return f"{self.prefix}-api"
+
+    def function(self, spec: FunctionSpec) -> str:
+        return f"{self.prefix}-{spec.name}"
+
+
+def import_function(kind: str) -> FunctionSpec:
+    return FunctionSpec(
+        name=f"{kind}-import",
+        handler_dir="importer",
+        kind=kind,
+        description=f"Imports Zoho CRM {kind} records into Zoho Books",
+        http_routes=(("POST", f"/v1/crm/{kind}/{{crm_id}}/import"),),
+        environment={"IMPORT_KIND": kind},
+    )
+
+
+IMPORT_FUNCTIONS: tuple[FunctionSpec, ...] = tuple(import_function(k) for k in KINDS)
+
+STATUS_API = FunctionSpec(
+    name="status-api",
+    handler_dir="status_api",
+    description="Import status, health and the OpenAPI document",
+    http_routes=(
+        ("GET", "/v1/imports"),
+        ("GET", "/v1/imports/{kind}/{crm_id}"),
+        ("GET", "/v1/health"),
+        ("GET", "/v1/openapi.json"),
+    ),
+)
+
+TOKEN_KEEPER = FunctionSpec(
+    name="token-keeper",
+    handler_dir="token_keeper",
+    description="Keeps each Zoho connection's access token fresh; detects revoked refresh tokens",
+)
+
+REDRIVE = FunctionSpec(
+    name="redrive",
+    handler_dir="redrive",
+    description="Re-enqueues parked imports whose time has come",
+)
+
+ALL_FUNCTIONS: tuple[FunctionSpec, ...] = (*IMPORT_FUNCTIONS, STATUS_API, TOKEN_KEEPER, REDRIVE)
