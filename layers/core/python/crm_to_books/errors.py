@@ -42,9 +42,7 @@ class UnknownOrganization(ServiceError):
     http_status = 403
 
     def __init__(self, organization_id: str) -> None:
-        super().__init__(
-            f"organization_id: {organization_id} is not configured for this service"
-        )
+        super().__init__(f"organization_id: {organization_id} is not configured for this service")
         self.organization_id = organization_id
 
 

@@ -89,7 +89,9 @@ class Settings(BaseModel):
                 try:
                     raw[name] = json.loads(value)
                 except json.JSONDecodeError as exc:
-                    raise ConfigurationError(f"{name.upper()}: not valid JSON ({exc.msg})") from None
+                    raise ConfigurationError(
+                        f"{name.upper()}: not valid JSON ({exc.msg})"
+                    ) from None
             else:
                 raw[name] = value
         try:
