@@ -75,3 +75,43 @@ class ConnectionBroken(ServiceError):
         )
         self.connection = connection
         self.reason = reason
+
+
+class ZohoRefused(ServiceError):
+    """Zoho refused the import for good (a permanent 4xx): the ledger says failed, no retry."""
+
+    code = 1422
+    http_status = 422
+
+    def __init__(
+        self, zoho_message: str, zoho_code: int | None = None, zoho_http_status: int | None = None
+    ) -> None:
+        said = ", ".join(
+            part
+            for part in (
+                f"Zoho code {zoho_code}" if zoho_code is not None else "",
+                f"HTTP {zoho_http_status}" if zoho_http_status is not None else "",
+            )
+            if part
+        )
+        super().__init__(
+            f"Zoho refused the import: {zoho_message}{f' ({said})' if said else ''}. "
+            "The import is recorded as failed and will not be retried."
+        )
+        self.zoho_code = zoho_code
+        self.zoho_message = zoho_message
+
+    def body(self) -> dict[str, object]:
+        return {**super().body(), "zoho": {"code": self.zoho_code, "message": self.zoho_message}}
+
+
+class RetryQueued(ServiceError):
+    """Zoho could not complete the import now (down, unknown outcome, broken connection):
+    the service keeps it and tries again after `retry_after` seconds."""
+
+    code = 1503
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

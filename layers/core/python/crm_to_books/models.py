@@ -97,6 +97,7 @@ class ImportRecord(BaseModel):
     correlation_ids: list[str] = Field(default_factory=list)
     last_error: ImportError_ | None = None
     detail: str | None = None  # a sentence: what happened and what the service does next
+    parked: bool = False  # True: no queue message holds it; the re-drive job re-enqueues it
     in_dlq: bool = False
 
     def public(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ DEFAULT_PREFIX = "crm-to-books"
 
 # SQS and Lambda settings for the per-kind import queues.
 FUNCTION_TIMEOUT_SECONDS = 30
+FUNCTION_MEMORY_MB = 512
 QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * FUNCTION_TIMEOUT_SECONDS  # AWS: at least 6x the timeout
 MAX_RECEIVE_COUNT = 8  # a throttled import is retried many times before the DLQ
 BATCH_SIZE = 10
@@ -28,9 +29,22 @@ DETAIL_IMPORT_REQUESTED = "Import Requested"
 DETAIL_IMPORT_SUCCEEDED = "Import Succeeded"
 DETAIL_IMPORT_FAILED = "Import Failed"
 
+# API Gateway REST API
+API_STAGE = "prod"
+
 # Scheduled jobs
 TOKEN_KEEPER_RATE_MINUTES = 15
 REDRIVE_RATE_MINUTES = 5
+
+# Metrics (Powertools EMF, dimension service=SERVICE_NAME only): the stack's alarms and
+# dashboard watch exactly these names.
+SERVICE_NAME = "crm-to-books"
+METRICS_NAMESPACE = "CrmToBooks"
+METRIC_IMPORT_SUCCEEDED = "ImportSucceeded"
+METRIC_IMPORT_FAILED = "ImportFailed"
+METRIC_ZOHO_LATENCY = "ZohoLatency"
+METRIC_ZOHO_THROTTLED = "ZohoThrottled"
+METRIC_TOKEN_REFRESH_FAILED = "TokenRefreshFailed"  # noqa: S105 (a metric name)
 
 # Key schema shared by the stack and the emulator.
 LEDGER_PARTITION_KEY = "pk"
@@ -40,6 +54,9 @@ LEDGER_STATUS_INDEX_PARTITION_KEY = "org_status"
 LEDGER_STATUS_INDEX_SORT_KEY = "updated_at"
 STATE_PARTITION_KEY = "pk"
 STATE_TTL_ATTRIBUTE = "expires_at_epoch"
+
+# Every function's entry point: <module>.<function> inside its folder under functions/.
+HANDLER = "handler.handler"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +69,8 @@ class FunctionSpec:
     description: str = ""
     http_routes: tuple[tuple[str, str], ...] = ()  # (method, path) in API Gateway's syntax
     environment: dict[str, str] = field(default_factory=dict)
+    timeout_seconds: int = FUNCTION_TIMEOUT_SECONDS
+    memory_mb: int = FUNCTION_MEMORY_MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +106,11 @@ class Names:
 
     def function(self, spec: FunctionSpec) -> str:
         return f"{self.prefix}-{spec.name}"
+
+
+def import_requested_pattern(kind: str) -> dict[str, list[str] | dict[str, list[str]]]:
+    """The bus rule's pattern routing `Import Requested` events of `kind` to its queue."""
+    return {"detail-type": [DETAIL_IMPORT_REQUESTED], "detail": {"kind": [kind]}}
 
 
 def import_function(kind: str) -> FunctionSpec:

@@ -1,0 +1,21 @@
+"""Shared test set-up: no test reaches the internet or real AWS."""
+
+from __future__ import annotations
+
+import os
+
+# Before any boto3 client exists: fake credentials, a fixed region, no metadata look-ups.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_SECURITY_TOKEN="testing",
+    AWS_SESSION_TOKEN="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+    POWERTOOLS_SERVICE_NAME="crm-to-books",
+    POWERTOOLS_METRICS_NAMESPACE="CrmToBooks",
+    POWERTOOLS_TRACE_DISABLED="true",
+    POWERTOOLS_DEV="false",
+)
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("AWS_ENDPOINT_URL", None)
