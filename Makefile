@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen
 API_PORT ?= 3000
 AWS_PORT ?= 4566
 
-.PHONY: dev test lint typecheck unit functional infra-test e2e bench synth install clean sandbox
+.PHONY: dev test lint typecheck unit e2e bench synth install clean sandbox
 
 .venv/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -c "import uv" 2>/dev/null || python3 -m pip install --quiet uv
@@ -36,6 +36,9 @@ test: lint typecheck
 
 unit: install
 	$(RUN) pytest tests/unit
+
+e2e: install
+	$(RUN) pytest tests/e2e
 
 bench: install
 	$(RUN) python -m bench

@@ -95,7 +95,7 @@ class ZohoRefused(ServiceError):
             if part
         )
         super().__init__(
-            f"Zoho refused the import: {zoho_message}{f' ({said})' if said else ''}. "
+            f"Zoho refused the import: {zoho_message.rstrip(' .')}{f' ({said})' if said else ''}. "
             "The import is recorded as failed and will not be retried."
         )
         self.zoho_code = zoho_code

@@ -51,6 +51,7 @@ class Claim:
     owner: str
     item: dict[str, Any]  # the record as this attempt believes it is
     needs_lookup: bool  # an earlier attempt's outcome is unknown: look up before importing
+    previous: dict[str, Any] = field(default_factory=dict)  # the record before this attempt
 
     @property
     def record(self) -> ImportRecord:
@@ -165,7 +166,13 @@ class Ledger:
             "correlation_ids": [*old.get("correlation_ids", []), *cid],
             "sources": set(old.get("sources") or set()) | {request.source},
         }
-        return Claim(request, owner, item, needs_lookup=taken_over or bool(old.get("needs_lookup")))
+        return Claim(
+            request,
+            owner,
+            item,
+            needs_lookup=taken_over or bool(old.get("needs_lookup")),
+            previous=old,
+        )
 
     def complete(
         self, claim: Claim, done: Completion, also: list[dict[str, Any]] | None = None
@@ -238,6 +245,36 @@ class Ledger:
             item.pop(name, None)
         claim.item = item
         return to_record(item)
+
+    def abandon(self, claim: Claim, also: list[dict[str, Any]] | None = None) -> bool:
+        """Undo `begin` when the attempt did nothing the record must remember (a synchronous
+        caller told to retry later): the record goes back to what it was, or away if new."""
+        org, kind, crm_id = claim.request.key
+        key = dynamo.dump(_key(org, kind, crm_id))
+        mine = {
+            "ConditionExpression": "lease_owner = :owner",
+            "ExpressionAttributeValues": dynamo.dump_values({":owner": claim.owner}),
+        }
+        write: dict[str, Any]
+        if claim.previous:
+            write = {"Put": {"TableName": self._table, "Item": dynamo.dump(claim.previous), **mine}}
+        else:
+            write = {"Delete": {"TableName": self._table, "Key": key, **mine}}
+        try:
+            if also:
+                self.client.transact_write_items(TransactItems=[write, *also])
+            elif claim.previous:
+                self.client.put_item(**write["Put"])
+            else:
+                self.client.delete_item(**write["Delete"])
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code not in {"ConditionalCheckFailedException", "TransactionCanceledException"}:
+                raise
+            for item in also or []:
+                self.client.update_item(**item["Update"])
+            return False
+        return True
 
     # --- other writers ----------------------------------------------------------------------
     def mark_queued(self, request: ImportRequest) -> tuple[ImportRecord, bool]:

@@ -22,6 +22,7 @@ from crm_to_books.entities import Entity, get_entity
 from crm_to_books.errors import ConnectionBroken
 from crm_to_books.events import OutcomePublisher
 from crm_to_books.ledger import AlreadySucceeded, Busy, Claim, Completion, Ledger
+from crm_to_books.ledger import to_record as ledger_record
 from crm_to_books.limiter import Denied, Permit, RateLimiter, next_utc_midnight
 from crm_to_books.models import ImportError_, ImportRecord, ImportRequest, Status
 from crm_to_books.observability import logger, metrics, tracer
@@ -54,6 +55,7 @@ class ImportOutcome:
     error: ImportError_ | None = None
     rate_limited: bool = False
     parked: bool = False  # retry_later held by the ledger (re-drive job), not by a queue message
+    recorded: bool = True  # False: the ledger kept nothing of this attempt (see `hold`)
 
 
 class _Stop(Exception):
@@ -103,8 +105,12 @@ class Importer:
         return self._sqs
 
     # --- the import ---------------------------------------------------------------------------
-    def run(self, request: ImportRequest, *, last_delivery: bool = False) -> ImportOutcome:
-        """Import now. `last_delivery`: the queue will dead-letter the message if this fails."""
+    def run(
+        self, request: ImportRequest, *, last_delivery: bool = False, hold: bool = True
+    ) -> ImportOutcome:
+        """Import now. `last_delivery`: the queue will dead-letter the message if this fails.
+        `hold=False` (a synchronous caller that will retry by itself): when rate-limited, the
+        ledger keeps no trace of this attempt instead of a `retrying` record nobody owns."""
         entity = get_entity(request.kind)
         org = self.settings.organization(request.organization_id)
         state = self.ledger.begin(request, uuid.uuid4().hex, LEASE_SECONDS)
@@ -139,6 +145,21 @@ class Importer:
             )
             raise
         rate_limited = rate_limited or bool(done.error and done.error.category == "rate_limited")
+        if rate_limited and not hold and not done.needs_lookup:
+            also = [self.limiter.release_update(permit)] if permit else None
+            if self.ledger.abandon(claim, also):
+                wait = max((done.next_attempt_at or self._clock()) - self._clock(), 1.0)
+                previous = claim.previous
+                record = ledger_record(previous) if previous else claim.record
+                return ImportOutcome(
+                    request,
+                    record,
+                    "retry_later",
+                    retry_after=wait,
+                    error=done.error,
+                    rate_limited=True,
+                    recorded=bool(previous),
+                )
         if done.status is Status.RETRYING and not done.parked and last_delivery:
             done.in_dlq = True
             done.detail = (done.detail or "") + (
@@ -357,6 +378,14 @@ class Importer:
         said = f"Zoho said: {answer.message}" + (
             f" (code {answer.zoho_code}, HTTP {answer.http_status})" if answer.http_status else ""
         )
+        if answer.category is Category.AUTH:  # still refused after a fresh token
+            return Completion(
+                Status.FAILED,
+                error=error,
+                detail=f"Failed: Zoho refused a freshly issued access token. {said}. Check that "
+                "the connection's refresh token has the scope this import needs "
+                f"({get_entity(claim.request.kind).scope}) and access to the organization.",
+            )
         if answer.category is Category.PERMANENT:
             return Completion(
                 Status.FAILED,

@@ -1,0 +1,142 @@
+"""The REST API: IAM auth on every method by default, request validation, access logs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_apigateway as apigateway
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from crm_to_books import topology
+from crm_to_books.errors import InvalidRequest
+from crm_to_books.topology import Names
+from infra.config import ApiConfig
+from infra.constructs.nag import acknowledge
+
+_PATH_PARAMETER = re.compile(r"{(\w+)}")
+# A route that addresses one record needs the organization it belongs to.
+_RECORD_PARAMETER = "crm_id"
+_ORGANIZATION = "organization_id"
+
+
+class Api(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        names: Names,
+        config: ApiConfig,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, id)
+        self.config = config
+        access_logs = logs.LogGroup(
+            self, "AccessLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
+        )
+        self.rest_api = apigateway.RestApi(
+            self,
+            "RestApi",
+            rest_api_name=names.api_name,
+            description="Imports Zoho CRM records into Zoho Books; import status",
+            endpoint_types=[apigateway.EndpointType.REGIONAL],
+            # The account-wide CloudWatch role is a singleton that stacks would fight over.
+            cloud_watch_role=False,
+            api_key_source_type=(
+                apigateway.ApiKeySourceType.HEADER if config.auth == "api_key" else None
+            ),
+            deploy_options=apigateway.StageOptions(
+                stage_name=topology.API_STAGE,
+                tracing_enabled=True,
+                throttling_rate_limit=config.throttling_rate_limit,
+                throttling_burst_limit=config.throttling_burst_limit,
+                data_trace_enabled=False,
+                access_log_destination=apigateway.LogGroupLogDestination(access_logs),
+                access_log_format=apigateway.AccessLogFormat.json_with_standard_fields(
+                    caller=True,
+                    http_method=True,
+                    ip=True,
+                    protocol=True,
+                    request_time=True,
+                    resource_path=True,
+                    response_length=True,
+                    status=True,
+                    user=True,
+                ),
+            ),
+        )
+        # No method declares a body model, so body validation is a no-op kept for cdk-nag.
+        self.validator = self.rest_api.add_request_validator(
+            "Validator", validate_request_parameters=True, validate_request_body=True
+        )
+        # Missing parameters answer in the service's own error shape.
+        self.rest_api.add_gateway_response(
+            "BadRequestParameters",
+            type=apigateway.ResponseType.BAD_REQUEST_PARAMETERS,
+            status_code="400",
+            templates={
+                "application/json": json.dumps(
+                    {"code": InvalidRequest.code, "message": "$context.error.validationErrorString"}
+                )
+            },
+        )
+        acknowledge(
+            self.rest_api.deployment_stage,
+            "IAM auth, stage throttling and request validation guard the API; a WAF web ACL "
+            "can be attached per account without changing this stack",
+            "AwsSolutions-APIG3",
+        )
+        acknowledge(
+            self.rest_api.deployment_stage,
+            "Access logs and X-Ray tracing are on; execution logging needs the account-wide "
+            "API Gateway CloudWatch role, which this stack does not own",
+            "AwsSolutions-APIG6",
+        )
+        self.api_key: apigateway.IApiKey | None = None
+        if config.auth == "api_key":
+            plan = self.rest_api.add_usage_plan(
+                "UsagePlan",
+                name=f"{names.api_name}-callers",
+                throttle=apigateway.ThrottleSettings(
+                    rate_limit=config.throttling_rate_limit,
+                    burst_limit=config.throttling_burst_limit,
+                ),
+                api_stages=[apigateway.UsagePlanPerApiStage(stage=self.rest_api.deployment_stage)],
+            )
+            self.api_key = self.rest_api.add_api_key("ApiKey", api_key_name=f"{names.api_name}-key")
+            plan.add_api_key(self.api_key)
+
+    def route(self, method: str, path: str, function: lambda_.IFunction) -> apigateway.Method:
+        """Add `method path` (API Gateway syntax) proxied to `function`."""
+        parameters = {f"method.request.path.{p}": True for p in _PATH_PARAMETER.findall(path)}
+        if _RECORD_PARAMETER in _PATH_PARAMETER.findall(path):
+            parameters[f"method.request.querystring.{_ORGANIZATION}"] = True
+        public = path in self.config.public_paths
+        if public or self.config.auth == "api_key":
+            authorization = apigateway.AuthorizationType.NONE
+        else:
+            authorization = apigateway.AuthorizationType.IAM
+        resource = self.rest_api.root.resource_for_path(path)
+        added = resource.add_method(
+            method,
+            apigateway.LambdaIntegration(function, allow_test_invoke=False),
+            authorization_type=authorization,
+            api_key_required=self.config.auth == "api_key" and not public,
+            request_parameters=parameters,
+            request_validator=self.validator,
+        )
+        if public:
+            reason = "Configured public (api.public_paths): serves no import data"
+        elif self.config.auth == "api_key":
+            reason = "Configured api_key auth: callers outside AWS use an API key and usage plan"
+        else:
+            reason = "IAM (SigV4) auth: callers are AWS principals, not Cognito users"
+        rules = ["AwsSolutions-COG4"]
+        if authorization == apigateway.AuthorizationType.NONE:
+            rules.append("AwsSolutions-APIG4")
+        acknowledge(added, reason, *rules)
+        return added

@@ -1,0 +1,127 @@
+"""SQS batches of import requests, with partial batch failures.
+
+- good record: imported (or failed for good at Zoho: the ledger says so) and deleted;
+- retry later: back to the queue after `retry_after` (its visibility timeout), reported;
+- poison (can never succeed): recorded as failed where it names a ledger key, and deleted,
+  so it neither blocks the batch nor loops until the DLQ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
+
+from crm_to_books import triggers
+from crm_to_books.errors import InvalidRequest, UnknownOrganization
+from crm_to_books.observability import logger, metrics
+from crm_to_books.ports import ImporterLike
+from crm_to_books.topology import FUNCTION_TIMEOUT_SECONDS, MAX_RECEIVE_COUNT
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+# SQS caps a message's visibility at 12 h from its receipt; the function has run for up to
+# its timeout since then.
+MAX_VISIBILITY_SECONDS = 12 * 3600 - FUNCTION_TIMEOUT_SECONDS
+DEFAULT_RETRY_SECONDS = 60
+
+
+class RetryLater(Exception):
+    """The record's import must wait: it goes back to the queue (a batch item failure)."""
+
+
+def process_batch(
+    event: dict[str, Any],
+    context: LambdaContext | None,
+    *,
+    importer: ImporterLike,
+    kind: str,
+    sqs: SQSClient,
+) -> PartialItemFailureResponse:
+    # Records are parsed here, not by a BatchProcessor model: a parse failure there would be a
+    # batch item failure, and a poison message would come back until the DLQ.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    return process_partial_response(
+        event=event,
+        record_handler=_record_handler(importer, kind, sqs),
+        processor=processor,
+        context=context,
+    )
+
+
+def _record_handler(
+    importer: ImporterLike, kind: str, sqs: SQSClient
+) -> Callable[[SQSRecord], str]:
+    def handle(record: SQSRecord) -> str:
+        logger.set_correlation_id(record.message_id)
+        try:
+            request = triggers.from_sqs_record(record.raw_event, kind)
+            importer.settings.organization(request.organization_id)
+        except (InvalidRequest, UnknownOrganization) as exc:
+            _reject(importer, record, kind, exc.message)
+            return "poison"
+        logger.set_correlation_id(request.correlation_id)
+        outcome = importer.run(request, last_delivery=_last_delivery(record))
+        log = {"kind": request.kind, "crm_id": request.crm_id, "result": outcome.result}
+        if outcome.result != "retry_later":
+            logger.info("import done", extra=log)
+            return outcome.result
+        if outcome.parked:  # the re-drive job owns it now; the message is done
+            logger.info("import parked", extra=log)
+            return "parked"
+        delay = _visibility(outcome.retry_after)
+        _delay(sqs, record, delay)
+        logger.info("import deferred", extra={**log, "retry_after": delay})
+        raise RetryLater(f"retry after {delay} s")
+
+    return handle
+
+
+def _reject(importer: ImporterLike, record: SQSRecord, kind: str, reason: str) -> None:
+    metrics.add_metric(name="PoisonMessages", unit=MetricUnit.Count, value=1)
+    about = triggers.salvage(record.raw_event, kind)
+    if about is not None and about.organization_id not in importer.settings.organizations:
+        about = None  # no one can read an unknown organization's records: write none
+    logger.warning(
+        "poison message deleted",
+        extra={"reason": reason, "body": record.body[:500], "recorded": about is not None},
+    )
+    if about is not None:
+        importer.reject(about.kind, about.organization_id, about.crm_id, about.source, reason)
+
+
+def _last_delivery(record: SQSRecord) -> bool:
+    """The queue dead-letters the message if this receive fails too."""
+    try:
+        return int(record.attributes.approximate_receive_count) >= MAX_RECEIVE_COUNT
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _visibility(retry_after: float | None) -> int:
+    seconds = DEFAULT_RETRY_SECONDS if retry_after is None else math.ceil(retry_after)
+    return max(0, min(seconds, MAX_VISIBILITY_SECONDS))
+
+
+def _delay(sqs: SQSClient, record: SQSRecord, seconds: int) -> None:
+    try:
+        sqs.change_message_visibility(
+            QueueUrl=triggers.queue_url(record.event_source_arn, sqs.meta.endpoint_url),
+            ReceiptHandle=record.receipt_handle,
+            VisibilityTimeout=seconds,
+        )
+    except (BotoCoreError, ClientError):
+        # Still reported as failed: the message returns after the queue's own timeout.
+        logger.warning("could not delay the message", exc_info=True)

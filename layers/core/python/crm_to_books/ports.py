@@ -1,0 +1,67 @@
+"""What the triggers need from the import engine (`pipeline.Importer`), as protocols.
+
+The HTTP API, the SQS batch and the scheduled jobs depend on this shape only, so tests pass
+fakes and the engine stays free to change everything behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from crm_to_books.models import ImportError_, ImportRecord, ImportRequest
+from crm_to_books.settings import Settings
+
+
+class OutcomeLike(Protocol):
+    """`pipeline.ImportOutcome`: how one import attempt ended."""
+
+    @property
+    def request(self) -> ImportRequest: ...
+    @property
+    def record(self) -> ImportRecord: ...
+    @property
+    def result(self) -> str: ...  # imported, already_imported, failed, retry_later
+    @property
+    def retry_after(self) -> float | None: ...
+    @property
+    def zoho_data(self) -> Mapping[str, Any] | None: ...
+    @property
+    def error(self) -> ImportError_ | None: ...
+    @property
+    def rate_limited(self) -> bool: ...
+    @property
+    def parked(self) -> bool: ...  # the ledger (re-drive job) holds it, not a queue message
+    @property
+    def recorded(self) -> bool: ...  # False: nothing of this attempt is in the ledger
+
+
+class LedgerLike(Protocol):
+    def get(self, organization_id: str, kind: str, crm_id: str) -> ImportRecord | None: ...
+
+    def list(
+        self,
+        organization_id: str,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[ImportRecord], str | None]: ...
+
+
+class ImporterLike(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def ledger(self) -> LedgerLike: ...
+
+    def run(
+        self, request: ImportRequest, *, last_delivery: bool = False, hold: bool = True
+    ) -> OutcomeLike: ...
+    def accept(self, request: ImportRequest) -> ImportRecord: ...
+    def enqueue(self, request: ImportRequest, delay_seconds: float = 0) -> object: ...
+    def reject(
+        self, kind: str, organization_id: str, crm_id: str, source: str, reason: str
+    ) -> object: ...
+    def redrive_due(self) -> int: ...
+    def keep_tokens_fresh(self) -> Sequence[Mapping[str, Any]]: ...

@@ -1,0 +1,130 @@
+"""Create the stack's resources in the emulator, from `topology` (the names `infra/` uses).
+
+Idempotent: provisioning again (same process, same prefix) updates what exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from crm_to_books import topology
+from crm_to_books.entities import KINDS
+from crm_to_books_cli.local.emulator import Emulator
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    queue_urls: dict[str, str]  # kind -> URL
+    queue_arns: dict[str, str]
+    dlq_urls: dict[str, str]
+    event_bus_arn: str
+
+
+def provision(
+    emulator: Emulator,
+    names: topology.Names,
+    *,
+    visibility_timeout: int = topology.QUEUE_VISIBILITY_TIMEOUT_SECONDS,
+    max_receive_count: int = topology.MAX_RECEIVE_COUNT,
+) -> Resources:
+    queue_urls, queue_arns, dlq_urls = {}, {}, {}
+    sqs = emulator.client("sqs")
+    for kind in KINDS:
+        dlq_urls[kind], dlq_arn = _queue(
+            sqs,
+            names.dlq(kind),
+            MessageRetentionPeriod=str(topology.DLQ_RETENTION_DAYS * 24 * 3600),
+        )
+        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
+        queue_urls[kind], queue_arns[kind] = _queue(
+            sqs,
+            names.queue(kind),
+            VisibilityTimeout=str(visibility_timeout),
+            RedrivePolicy=json.dumps(redrive),
+        )
+    _tables(emulator.client("dynamodb"), names)
+    bus_arn = _bus(emulator.client("events"), names, queue_arns)
+    return Resources(queue_urls, queue_arns, dlq_urls, bus_arn)
+
+
+def _queue(sqs: Any, name: str, **attributes: str) -> tuple[str, str]:
+    url: str = sqs.create_queue(QueueName=name)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return url, arn["Attributes"]["QueueArn"]
+
+
+def _tables(dynamodb: Any, names: topology.Names) -> None:
+    existing = set(dynamodb.list_tables()["TableNames"])
+    if names.ledger_table not in existing:
+        dynamodb.create_table(
+            TableName=names.ledger_table,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=_strings(
+                topology.LEDGER_PARTITION_KEY,
+                topology.LEDGER_SORT_KEY,
+                topology.LEDGER_STATUS_INDEX_PARTITION_KEY,
+                topology.LEDGER_STATUS_INDEX_SORT_KEY,
+            ),
+            KeySchema=_key(topology.LEDGER_PARTITION_KEY, topology.LEDGER_SORT_KEY),
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": topology.LEDGER_STATUS_INDEX,
+                    "KeySchema": _key(
+                        topology.LEDGER_STATUS_INDEX_PARTITION_KEY,
+                        topology.LEDGER_STATUS_INDEX_SORT_KEY,
+                    ),
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            ],
+        )
+    if names.state_table not in existing:
+        dynamodb.create_table(
+            TableName=names.state_table,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=_strings(topology.STATE_PARTITION_KEY),
+            KeySchema=_key(topology.STATE_PARTITION_KEY),
+        )
+        dynamodb.update_time_to_live(
+            TableName=names.state_table,
+            TimeToLiveSpecification={
+                "Enabled": True,
+                "AttributeName": topology.STATE_TTL_ATTRIBUTE,
+            },
+        )
+
+
+def _strings(*names: str) -> list[dict[str, str]]:
+    return [{"AttributeName": name, "AttributeType": "S"} for name in names]
+
+
+def _key(partition: str, sort: str | None = None) -> list[dict[str, str]]:
+    key = [{"AttributeName": partition, "KeyType": "HASH"}]
+    return [*key, {"AttributeName": sort, "KeyType": "RANGE"}] if sort else key
+
+
+def _bus(events: Any, names: topology.Names, queue_arns: dict[str, str]) -> str:
+    buses = {b["Name"]: b["Arn"] for b in events.list_event_buses()["EventBuses"]}
+    arn: str = (
+        buses.get(names.event_bus) or events.create_event_bus(Name=names.event_bus)["EventBusArn"]
+    )
+    for kind, queue_arn in queue_arns.items():
+        rule = f"{names.prefix}-{kind}-import-requested"
+        pattern = topology.import_requested_pattern(kind)
+        events.put_rule(Name=rule, EventBusName=names.event_bus, EventPattern=json.dumps(pattern))
+        events.put_targets(
+            Rule=rule, EventBusName=names.event_bus, Targets=[{"Id": "queue", "Arn": queue_arn}]
+        )
+    return arn
+
+
+def store_connection_secret(emulator: Emulator, secret_id: str, value: dict[str, str]) -> None:
+    """Write a connection's secret JSON (created, or a new version if it exists)."""
+    secrets = emulator.client("secretsmanager")
+    body = json.dumps(value)
+    try:
+        secrets.create_secret(Name=secret_id, SecretString=body)
+    except secrets.exceptions.ResourceExistsException:
+        secrets.put_secret_value(SecretId=secret_id, SecretString=body)

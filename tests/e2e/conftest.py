@@ -1,0 +1,78 @@
+"""End-to-end fixtures: the local stack, started once per session, driven from the outside.
+
+- `local_stack`: the real handlers (functions/) and the real Zoho sandbox, with queue timings
+  compressed for tests. Drive it over HTTP (`local_stack.api_url`) and SQS/EventBridge
+  (`local_stack.client("sqs")`, `local_stack.queue_urls[kind]`); the sandbox is
+  `local_stack.sandbox` (faults, counters), container output is in `local_stack_logs`.
+- `fake_stack`: the same machinery with fake handlers (tests/e2e/fixtures), for testing the
+  local stack itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crm_to_books_cli.local import LocalStack
+from crm_to_books_cli.local.stack import REPO_ROOT
+from tests.e2e.helpers import MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT, FakeSandbox, Logs
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LAYER = REPO_ROOT / "layers" / "core" / "python"
+
+
+def _assert_no_container_left(stack: LocalStack, pids: list[int]) -> None:
+    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"containers left running after stop(): {alive}"
+    assert not stack.container_pids()
+
+
+@pytest.fixture(scope="session")
+def fake_stack_logs() -> Logs:
+    return Logs()
+
+
+@pytest.fixture(scope="session")
+def fake_stack(fake_stack_logs: Logs) -> Iterator[LocalStack]:
+    stack = LocalStack(
+        prefix="e2e-fake",
+        api_port=0,
+        aws_port=0,
+        functions_root=FIXTURES / "functions",
+        layer_dirs=(LAYER, FIXTURES / "layer"),
+        sandbox=FakeSandbox(),
+        visibility_timeout=VISIBILITY_TIMEOUT,
+        max_receive_count=MAX_RECEIVE_COUNT,
+        batching_window=1.0,
+        schedule_seconds={"token-keeper": 1.0},  # redrive keeps its 5 minutes: fired by hand
+        log_sink=fake_stack_logs,
+    )
+    with stack:
+        yield stack
+        pids = stack.container_pids()
+    _assert_no_container_left(stack, pids)
+
+
+@pytest.fixture(scope="session")
+def local_stack_logs() -> Logs:
+    return Logs()
+
+
+@pytest.fixture(scope="session")
+def local_stack(local_stack_logs: Logs) -> Iterator[LocalStack]:
+    """The service's own handlers against the Zoho sandbox, on free ports."""
+    stack = LocalStack(
+        prefix="e2e",
+        api_port=0,
+        aws_port=0,
+        visibility_timeout=VISIBILITY_TIMEOUT,
+        max_receive_count=MAX_RECEIVE_COUNT,
+        batching_window=0.5,
+        log_sink=local_stack_logs,
+    )
+    with stack:
+        yield stack
+        pids = stack.container_pids()
+    _assert_no_container_left(stack, pids)

@@ -1,0 +1,104 @@
+"""Many containers at once: one import per record, one token, Zoho's limits never crossed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from crm_to_books.models import ImportRequest
+from crm_to_books.pipeline import Importer, ImportOutcome
+from crm_to_books.settings import Organization
+from crm_to_books_cli.sandbox import ZohoSandbox
+from tests.functional.conftest import ORG, WINDOW
+from tests.functional.test_engine_outcomes import imports_of, records_of, request
+
+THREADS = 8
+
+
+def run_until_settled(importer: Importer, req: ImportRequest, deadline: float) -> ImportOutcome:
+    """What SQS does for a retryable message: hand it back after `retry_after`."""
+    while True:
+        outcome = importer.run(req)
+        if outcome.result != "retry_later" or time.monotonic() > deadline:
+            return outcome
+        time.sleep(min(outcome.retry_after or 0.1, 0.5))
+
+
+def test_eight_containers_importing_the_same_record_call_zoho_once(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    sandbox.configure(reimport="duplicate")
+    sandbox.set_faults(latency_seconds=0.3)  # keep the first import in flight while others try
+    crm_id = sandbox.crm_ids["account"][2]
+    importers = [new_importer() for _ in range(THREADS)]
+    start = threading.Barrier(THREADS)
+
+    def go(importer: Importer) -> ImportOutcome:
+        start.wait()
+        return run_until_settled(importer, request("account", crm_id), time.monotonic() + 20)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        outcomes = list(pool.map(go, importers))
+
+    assert {o.result for o in outcomes} <= {"imported", "already_imported"}
+    assert [o.result for o in outcomes].count("imported") == 1
+    assert len({o.record.books_id for o in outcomes}) == 1
+    assert imports_of(sandbox, "account", crm_id) == 1
+    assert records_of(sandbox, "account", crm_id) == 1
+
+
+def test_two_hundred_imports_across_eight_containers_make_one_token_request(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    importers = [
+        new_importer(
+            organizations={
+                ORG: Organization(
+                    requests_per_minute=10_000, max_concurrency=50, daily_limit=100_000
+                )
+            }
+        )
+        for _ in range(THREADS)
+    ]
+    sandbox.set_limits(ORG, requests_per_minute=10_000, max_concurrency=50, daily_limit=100_000)
+    ids = [str(5_000_000_000 + n) for n in range(200)]
+    deadline = time.monotonic() + 60
+
+    def go(n: int) -> ImportOutcome:
+        return run_until_settled(importers[n % THREADS], request("item", ids[n]), deadline)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        outcomes = list(pool.map(go, range(len(ids))))
+
+    assert [o.result for o in outcomes] == ["imported"] * len(ids)
+    assert sandbox.counters()["token_requests"]["total"] == 1
+    assert sum(i.tokens.refreshes for i in importers) == 1
+
+
+def test_the_limiter_keeps_every_window_and_the_concurrency_cap_under_zohos_limits(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    rpm, concurrency = 12, 3
+    limits = Organization(requests_per_minute=rpm, max_concurrency=concurrency)
+    importers = [new_importer(organizations={ORG: limits}) for _ in range(THREADS)]
+    sandbox.set_limits(ORG, requests_per_minute=rpm, max_concurrency=concurrency)
+    sandbox.set_faults(latency_seconds=0.15)
+    ids = [str(6_000_000_000 + n) for n in range(36)]  # three windows' worth
+    deadline = time.monotonic() + 45
+
+    def go(n: int) -> ImportOutcome:
+        return run_until_settled(importers[n % THREADS], request("contact", ids[n]), deadline)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(THREADS) as pool:
+        outcomes = list(pool.map(go, range(len(ids))))
+    elapsed = time.monotonic() - started
+
+    counters = sandbox.counters(window_seconds=WINDOW)
+    assert [o.result for o in outcomes] == ["imported"] * len(ids)
+    assert counters["max_requests_in_window"][ORG] <= rpm
+    assert counters["max_concurrency_seen"][ORG] <= concurrency
+    assert counters["responses_429"] == {"44": 0, "45": 0, "1070": 0}
+    assert elapsed >= 2 * WINDOW  # 36 calls at 12 per window cannot finish sooner

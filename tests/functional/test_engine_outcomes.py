@@ -1,0 +1,281 @@
+"""The import engine against moto and the Zoho sandbox: one outcome per classification path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+from crm_to_books.errors import UnknownOrganization
+from crm_to_books.models import ImportRequest, Status
+from crm_to_books.pipeline import Importer
+from crm_to_books_cli.sandbox import ZohoSandbox
+from tests.functional.conftest import ACCOUNTS_ONLY_ORG, NAMES, ORG
+
+
+def request(kind: str, crm_id: str, org: str = ORG, **extra: Any) -> ImportRequest:
+    return ImportRequest(kind=kind, organization_id=org, crm_id=crm_id, **extra)
+
+
+def imports_of(sb: ZohoSandbox, kind: str, crm_id: str, org: str = ORG) -> int:
+    return int(sb.counters()["imports"].get(org, {}).get(kind, {}).get(crm_id, 0))
+
+
+def records_of(sb: ZohoSandbox, kind: str, crm_id: str, org: str = ORG) -> int:
+    return int(sb.counters()["books_records"].get(org, {}).get(kind, {}).get(crm_id, 0))
+
+
+@pytest.fixture
+def outcome_events(settings: Any) -> Callable[[], list[dict[str, Any]]]:
+    """Outcome events as a downstream subscriber sees them (a rule to a queue)."""
+    sqs, events = boto3.client("sqs"), boto3.client("events")
+    url = sqs.create_queue(QueueName="subscriber")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    events.put_rule(
+        Name="all",
+        EventBusName=NAMES.event_bus,
+        EventPattern=json.dumps({"source": ["crm-to-books"]}),
+    )
+    events.put_targets(
+        Rule="all", EventBusName=NAMES.event_bus, Targets=[{"Id": "subscriber", "Arn": arn}]
+    )
+
+    def read() -> list[dict[str, Any]]:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(m["Body"]) for m in got]
+
+    return read
+
+
+@pytest.mark.parametrize("kind", ["account", "contact", "vendor", "item"])
+def test_each_kind_imports_once_and_records_the_books_id(
+    kind: str,
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    outcome_events: Callable[[], list[dict[str, Any]]],
+) -> None:
+    crm_id = sandbox.crm_ids[kind][0]
+    outcome = new_importer().run(request(kind, crm_id, correlation_id="corr-1"))
+
+    assert outcome.result == "imported"
+    key = "item_id" if kind == "item" else "contact_id"
+    books_id = outcome.zoho_data[key] if outcome.zoho_data else None
+    assert isinstance(books_id, str) and books_id.isdigit()
+    record = outcome.record
+    assert record.status is Status.SUCCEEDED and record.books_id == books_id
+    assert (
+        record.attempts == 1 and record.sources == ["http"] and record.correlation_ids == ["corr-1"]
+    )
+    assert imports_of(sandbox, kind, crm_id) == 1
+    [event] = outcome_events()
+    assert event["detail-type"] == "Import Succeeded"
+    assert event["detail"]["books_id"] == books_id and event["detail"]["crm_id"] == crm_id
+
+
+def test_an_imported_record_answers_from_the_ledger_without_calling_zoho(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    crm_id = sandbox.crm_ids["account"][1]
+    first = new_importer().run(request("account", crm_id))
+    calls_before = sandbox.counters()["books_requests"][ORG]
+
+    again = new_importer().run(request("account", crm_id, source="sqs"))
+
+    assert again.result == "already_imported"
+    assert again.zoho_data == {"contact_id": first.record.books_id}
+    assert sandbox.counters()["books_requests"][ORG] == calls_before
+
+
+def test_customer_id_in_zohos_answer_is_accepted(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    sandbox.configure(contact_result_key="customer_id")
+    outcome = new_importer().run(request("contact", sandbox.crm_ids["contact"][0]))
+    assert outcome.result == "imported" and outcome.record.books_id
+
+
+def test_a_missing_crm_record_fails_permanently_with_zohos_code_and_message(
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    outcome_events: Callable[[], list[dict[str, Any]]],
+) -> None:
+    outcome = new_importer().run(request("account", sandbox.crm_ids["missing"]))
+
+    assert outcome.result == "failed"
+    error = outcome.record.last_error
+    assert error is not None and error.category == "permanent"
+    assert error.http_status and 400 <= error.http_status < 500 and error.zoho_code
+    assert error.message and "Not retried" in (outcome.record.detail or "")
+    assert [e["detail-type"] for e in outcome_events()] == ["Import Failed"]
+
+
+def test_the_wrong_sync_mode_fails_permanently(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    outcome = new_importer().run(
+        request("contact", sandbox.crm_ids["contact"][0], org=ACCOUNTS_ONLY_ORG)
+    )
+    assert outcome.result == "failed"
+    assert outcome.record.last_error and outcome.record.last_error.category == "permanent"
+    assert imports_of(sandbox, "contact", sandbox.crm_ids["contact"][0], ACCOUNTS_ONLY_ORG) == 0
+
+
+def test_an_unknown_organization_is_refused_before_anything_is_written(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    importer = new_importer()
+    with pytest.raises(UnknownOrganization, match="organization_id: 999 is not configured"):
+        importer.run(request("account", sandbox.crm_ids["account"][0], org="999"))
+    assert importer.ledger.list("999") == ([], None)
+    assert sandbox.counters()["token_requests"]["total"] == 0
+
+
+def test_a_token_zoho_killed_is_dropped_refreshed_once_and_the_call_retried_once(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    importer = new_importer()
+    importer.run(request("account", sandbox.crm_ids["account"][0]))
+    # Zoho keeps a bounded number of tokens alive: someone else's token request kills ours.
+    sandbox.configure(max_active_tokens=1)
+    requests.post(
+        f"{sandbox.url}/oauth/v2/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": sandbox.client_id,
+            "client_secret": sandbox.client_secret,
+            "refresh_token": sandbox.refresh_token,
+        },
+        timeout=5,
+    ).raise_for_status()
+
+    outcome = importer.run(request("account", sandbox.crm_ids["account"][1]))
+
+    assert outcome.result == "imported"
+    assert sandbox.counters()["token_requests"]["granted"] == 3  # ours, theirs, one refresh
+
+
+def test_a_container_with_a_dead_token_picks_up_the_one_another_container_refreshed(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    first = new_importer()
+    first.run(request("account", sandbox.crm_ids["account"][0]))
+    sandbox.configure(max_active_tokens=1)
+    second = new_importer()
+    second.tokens.invalidate("default", second.tokens.get("default"))
+    second.tokens.get("default")  # refreshed and shared: the first container's is dead
+
+    outcome = first.run(request("account", sandbox.crm_ids["account"][1]))
+
+    assert outcome.result == "imported"
+    assert sandbox.counters()["token_requests"]["granted"] == 2  # no refresh of its own
+
+
+def test_zoho_per_minute_throttling_backs_off_and_blocks_the_organization(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    sandbox.set_limits(ORG, requests_per_minute=1)
+    importer = new_importer()
+    importer.run(request("item", sandbox.crm_ids["item"][0]))
+
+    outcome = importer.run(request("item", sandbox.crm_ids["item"][1]))
+
+    assert outcome.result == "retry_later" and outcome.rate_limited and not outcome.parked
+    assert outcome.record.status is Status.RETRYING
+    assert outcome.record.last_error and outcome.record.last_error.zoho_code == 44
+    assert outcome.retry_after and 0 < outcome.retry_after <= 2.5
+    # The organization is blocked for everyone: the next attempt is not even sent.
+    sent = sandbox.counters()["books_requests"][ORG]
+    assert new_importer().run(request("item", sandbox.crm_ids["item"][2])).rate_limited
+    assert sandbox.counters()["books_requests"][ORG] == sent
+
+
+def test_zoho_daily_cap_parks_imports_until_the_reset(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    sandbox.set_limits(ORG, daily_limit=1)
+    importer = new_importer()
+    importer.run(request("vendor", sandbox.crm_ids["vendor"][0]))
+
+    outcome = importer.run(request("vendor", sandbox.crm_ids["vendor"][1]))
+
+    assert outcome.result == "retry_later" and outcome.parked
+    assert outcome.record.parked and outcome.record.next_attempt_at
+    assert outcome.record.last_error and outcome.record.last_error.zoho_code == 45
+    assert outcome.retry_after and outcome.retry_after > 60
+
+
+def test_zoho_concurrency_refusal_retries_soon(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    sandbox.set_limits(ORG, max_concurrency=1)
+    sandbox.set_faults(latency_seconds=0.5)
+    importer = new_importer()
+    # Another client of the same organization holds Zoho's only concurrent slot.
+    import threading
+
+    busy = threading.Thread(
+        target=new_importer().run, args=(request("account", sandbox.crm_ids["account"][0]),)
+    )
+    busy.start()
+    try:
+        deadline_ok = False
+        for _ in range(50):
+            if sandbox.counters()["in_flight"][ORG] >= 1:
+                deadline_ok = True
+                break
+            threading.Event().wait(0.02)
+        assert deadline_ok
+        outcome = importer.run(request("account", sandbox.crm_ids["account"][1]))
+    finally:
+        busy.join()
+    assert outcome.result == "retry_later" and outcome.rate_limited
+    assert outcome.record.last_error and outcome.record.last_error.zoho_code == 1070
+    assert outcome.retry_after and outcome.retry_after <= 3.5
+
+
+def test_a_synchronous_caller_told_to_retry_leaves_no_trace_in_the_ledger(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    from crm_to_books.settings import Organization
+
+    importer = new_importer(organizations={ORG: Organization(requests_per_minute=2)})
+    importer.run(request("account", sandbox.crm_ids["account"][0]))
+    failed_before = importer.run(request("account", sandbox.crm_ids["missing"], source="sqs"))
+    assert failed_before.result == "failed"  # and the window's two calls are spent
+
+    new = importer.run(request("account", sandbox.crm_ids["account"][1]), hold=False)
+    again = importer.run(request("account", sandbox.crm_ids["missing"]), hold=False)
+
+    assert new.rate_limited and not new.recorded
+    assert importer.ledger.get(ORG, "account", sandbox.crm_ids["account"][1]) is None
+    assert again.rate_limited and again.recorded
+    kept = importer.ledger.get(ORG, "account", sandbox.crm_ids["missing"])
+    assert kept is not None and kept.status is Status.FAILED  # as it was before the attempt
+
+
+def test_a_connection_without_the_scope_fails_with_what_to_fix(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    from tests.functional.conftest import put_connection
+
+    importer = new_importer()
+    refresh, _ = importer.zoho.exchange_grant_code(
+        sandbox.url,
+        sandbox.client_id,
+        sandbox.client_secret,
+        sandbox.issue_grant_code(scope="ZohoBooks.settings.CREATE"),
+    )
+    put_connection(sandbox, refresh)
+
+    outcome = importer.run(request("account", sandbox.crm_ids["account"][0]))
+
+    assert outcome.result == "failed"
+    assert outcome.record.last_error and outcome.record.last_error.zoho_code == 57
+    assert "ZohoBooks.contacts.CREATE" in (outcome.record.detail or "")
+    assert sandbox.counters()["token_requests"]["granted"] == 3  # grant, first, one refresh

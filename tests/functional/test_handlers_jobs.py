@@ -1,0 +1,72 @@
+"""The scheduled jobs on a real schedule event, against the real engine, moto and the sandbox."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+
+from crm_to_books.models import ImportRequest
+from crm_to_books.pipeline import Importer
+from crm_to_books.settings import Settings
+from crm_to_books_cli.sandbox import ZohoSandbox
+from functions.redrive import handler as redrive_fn
+from functions.token_keeper import handler as token_fn
+from tests.functional.conftest import ORG
+from tests.support.lambda_events import LambdaContext, emitted_metrics, load
+
+SCHEDULE = load("schedule_event")
+
+
+def test_the_token_keeper_refreshes_then_finds_the_token_fresh(
+    new_importer: Callable[..., Importer], sandbox: ZohoSandbox
+) -> None:
+    context = LambdaContext(function_name="crm-to-books-token-keeper")
+    first = token_fn.handler(SCHEDULE, context, importer=new_importer())
+    second = token_fn.handler(SCHEDULE, context, importer=new_importer())
+
+    assert [c["status"] for c in first["connections"]] == ["refreshed"]
+    assert [c["status"] for c in second["connections"]] == ["fresh"]
+    assert sandbox.counters()["token_requests"]["granted"] == 1
+
+
+def test_the_token_keeper_detects_a_revoked_refresh_token(
+    new_importer: Callable[..., Importer],
+    sandbox: ZohoSandbox,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sandbox.revoke_refresh_token()
+    context = LambdaContext(function_name="crm-to-books-token-keeper")
+
+    answer = token_fn.handler(SCHEDULE, context, importer=new_importer())
+
+    [connection] = answer["connections"]
+    assert connection["connection"] == "default" and connection["status"] == "broken"
+    out = capsys.readouterr().out
+    assert emitted_metrics(out)["ConnectionsBroken"] == 1
+    assert sandbox.refresh_token not in out  # no secret reaches a log line
+
+
+def test_the_redrive_job_re_enqueues_imports_parked_until_now(
+    settings: Settings, sandbox: ZohoSandbox, aws_world: dict[str, Any]
+) -> None:
+    # Given an import parked because the connection broke ...
+    sandbox.revoke_refresh_token()
+    parked = Importer(settings).run(
+        ImportRequest(kind="contact", organization_id=ORG, crm_id="9001")
+    )
+    assert parked.parked and parked.retry_after
+    context = LambdaContext(function_name="crm-to-books-redrive")
+    # ... nothing is due yet; once its time has come, the job sends it to its kind's queue.
+    assert redrive_fn.handler(SCHEDULE, context, importer=Importer(settings)) == {"redriven": 0}
+    later = Importer(settings, clock=lambda: time.time() + parked.retry_after + 1)
+
+    assert redrive_fn.handler(SCHEDULE, context, importer=later) == {"redriven": 1}
+
+    got = boto3.client("sqs").receive_message(QueueUrl=aws_world["queue_urls"]["contact"])
+    [message] = got["Messages"]
+    assert json.loads(message["Body"]) == {"organization_id": ORG, "crm_id": "9001"}

@@ -1,0 +1,90 @@
+"""The stack configuration is validated at synth time, with errors naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.app import main
+from infra.config import ConfigError, load_config_file, parse_config
+from infra.layer import ROOT
+from tests.infra.conftest import CONFIG
+
+
+def _error(**changes):
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**CONFIG, **changes}, "test")
+    return str(caught.value)
+
+
+def test_the_shipped_cdk_json_configuration_is_valid():
+    raw = json.loads((ROOT / "cdk.json").read_text())["context"]["crm-to-books"]
+    config = parse_config(raw, "cdk.json")
+    assert config.prefix == raw["prefix"]
+
+
+def test_prefix_defaults_from_the_stage():
+    assert parse_config(CONFIG, "test").prefix == "crm-to-books-test"
+
+
+def test_organization_ids_must_be_decimal_strings():
+    message = _error(organizations={"12ab": {"connection": "main"}})
+    assert "organizations:" in message
+    assert "1 to 19 digits" in message
+    assert "12ab" in message
+
+
+def test_organizations_must_use_declared_connections():
+    message = _error(organizations={"123": {"connection": "nope"}})
+    assert "organizations.123.connection: 'nope' is not declared in connections" in message
+
+
+def test_organization_limits_are_checked():
+    message = _error(organizations={"123": {"connection": "main", "requests_per_minute": 0}})
+    assert "organizations.123.requests_per_minute" in message
+
+
+def test_schedules_name_a_kind_a_configured_organization_and_a_valid_expression():
+    schedule = {**CONFIG["schedules"][0], "kind": "invoice"}
+    assert "schedules.0.kind: 'invoice' is not a kind" in _error(schedules=[schedule])
+    schedule = {**CONFIG["schedules"][0], "organization_id": "999"}
+    assert "schedules.0.organization_id: '999'" in _error(schedules=[schedule])
+    schedule = {**CONFIG["schedules"][0], "expression": "every day"}
+    assert "schedules.0.expression" in _error(schedules=[schedule])
+    same = CONFIG["schedules"][0]
+    assert "used twice" in _error(schedules=[same, same])
+
+
+def test_unknown_keys_and_bad_values_are_refused():
+    assert "colour" in _error(colour="blue")
+    assert "api.auth" in _error(api={"auth": "cognito"})
+    assert "log_retention_days" in _error(log_retention_days=31)
+    assert "stage" in _error(stage="Prod!")
+
+
+def test_ledger_data_is_never_public():
+    assert "cannot be public" in _error(api={"public_paths": ["/v1/imports"]})
+    parse_config({**CONFIG, "api": {"public_paths": ["/v1/health", "/v1/openapi.json"]}}, "t")
+
+
+def test_too_many_organizations_for_lambda_environment():
+    organizations = {str(10**12 + i): {"connection": "main"} for i in range(80)}
+    organizations["10234695"] = {"connection": "main"}  # the schedule's
+    assert "4096" in _error(organizations=organizations)
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "stack.json"
+    path.write_text(json.dumps({**CONFIG, "organizations": {}}))
+    with pytest.raises(ConfigError, match=r"stack\.json"):
+        load_config_file(path)
+
+
+def test_app_reports_a_bad_config_file_and_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CDK_CONTEXT_JSON", raising=False)
+    monkeypatch.delenv("CDK_OUTDIR", raising=False)
+    path = tmp_path / "stack.json"
+    path.write_text(json.dumps({**CONFIG, "connections": []}))
+    assert main(["--config", str(path)]) == 2
+    assert "connections" in capsys.readouterr().err

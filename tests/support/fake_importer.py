@@ -1,0 +1,228 @@
+"""In-memory stand-ins for `pipeline.Importer` (same shape: `ports.ImporterLike`) and SQS.
+
+Outcomes are scripted per CRM id; every call is counted, so tests can assert that a refused
+request reached nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from crm_to_books.entities import get_entity
+from crm_to_books.errors import InvalidRequest
+from crm_to_books.models import ImportError_, ImportRecord, ImportRequest, Status
+from crm_to_books.settings import Organization, Settings
+
+ORG = "700100200"
+NOW = "2025-01-01T12:00:00Z"
+ENDPOINT = "https://sqs.eu-west-1.amazonaws.com"
+
+
+def make_settings(**changes: Any) -> Settings:
+    values: dict[str, Any] = {
+        "ledger_table": "crm-to-books-ledger",
+        "state_table": "crm-to-books-state",
+        "organizations": {ORG: Organization()},
+        "connections": {"default": "crm-to-books/connections/default"},
+        "queue_urls": {
+            k: f"https://sqs.eu-west-1.amazonaws.com/123456789012/crm-to-books-{k}-imports"
+            for k in ("account", "contact", "vendor", "item")
+        },
+        "import_kind": "account",
+    }
+    return Settings(**{**values, **changes})
+
+
+def books_id(crm_id: str) -> str:
+    return "46" + crm_id[-12:].rjust(12, "0")
+
+
+@dataclass
+class FakeOutcome:
+    request: ImportRequest
+    record: ImportRecord
+    result: str
+    retry_after: float | None = None
+    zoho_data: dict[str, Any] | None = None
+    error: ImportError_ | None = None
+    rate_limited: bool = False
+    parked: bool = False
+    recorded: bool = True
+
+
+@dataclass
+class Script:
+    result: str = "imported"
+    retry_after: float | None = None
+    rate_limited: bool = False
+    parked: bool = False
+    error: ImportError_ | None = None
+
+
+class FakeLedger:
+    def __init__(self, calls: list[tuple[str, Any]]) -> None:
+        self.records: dict[tuple[str, str, str], ImportRecord] = {}
+        self._calls = calls
+
+    def put(self, record: ImportRecord) -> ImportRecord:
+        self.records[(record.organization_id, record.kind, record.crm_id)] = record
+        return record
+
+    def get(self, organization_id: str, kind: str, crm_id: str) -> ImportRecord | None:
+        self._calls.append(("ledger.get", (organization_id, kind, crm_id)))
+        return self.records.get((organization_id, kind, crm_id))
+
+    def list(
+        self,
+        organization_id: str,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[ImportRecord], str | None]:
+        self._calls.append(("ledger.list", (organization_id, status, kind, limit, cursor)))
+        after = _decode(cursor) if cursor else None
+        keys = sorted(
+            k
+            for k, r in self.records.items()
+            if k[0] == organization_id
+            and (status is None or r.status == status)
+            and (kind is None or r.kind == kind)
+            and (after is None or list(k) > after)
+        )
+        page = keys[:limit]
+        more = len(keys) > limit
+        next_cursor = base64.urlsafe_b64encode(json.dumps(page[-1]).encode()).decode()
+        return [self.records[k] for k in page], next_cursor if more else None
+
+
+def _decode(cursor: str) -> list[str]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except ValueError:
+        raise InvalidRequest("cursor", "is not a cursor this API returned") from None
+    if not isinstance(value, list):
+        raise InvalidRequest("cursor", "is not a cursor this API returned")
+    return [str(v) for v in value]
+
+
+class FakeImporter:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or make_settings()
+        self.calls: list[tuple[str, Any]] = []
+        self.ledger = FakeLedger(self.calls)
+        self.scripts: dict[str, Script] = {}
+        self.redrive_count = 0
+        self.token_results: list[dict[str, str]] = []
+
+    def script(self, crm_id: str, **how: Any) -> None:
+        self.scripts[crm_id] = Script(**how)
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    # --- ImporterLike -----------------------------------------------------------------------
+    def run(
+        self, request: ImportRequest, *, last_delivery: bool = False, hold: bool = True
+    ) -> FakeOutcome:
+        self.calls.append(("run", (request, last_delivery)))
+        self.settings.organization(request.organization_id)
+        entity = get_entity(request.kind)
+        existing = self.ledger.records.get(request.key)
+        if existing and existing.status == Status.SUCCEEDED:
+            data = {entity.books_id_key: existing.books_id}
+            return FakeOutcome(request, existing, "already_imported", zoho_data=data)
+        how = self.scripts.get(request.crm_id, Script())
+        if how.result == "imported":
+            record = self._record(request, Status.SUCCEEDED, books_id=books_id(request.crm_id))
+            data = {entity.books_id_key: record.books_id, "zcrm_id": request.crm_id}
+            return FakeOutcome(request, record, "imported", zoho_data=data)
+        status = Status.FAILED if how.result == "failed" else Status.RETRYING
+        record = self._record(request, status, last_error=how.error, parked=how.parked)
+        return FakeOutcome(
+            request,
+            record,
+            how.result,
+            retry_after=how.retry_after,
+            error=how.error,
+            rate_limited=how.rate_limited,
+            parked=how.parked,
+        )
+
+    def accept(self, request: ImportRequest) -> ImportRecord:
+        self.calls.append(("accept", request))
+        self.settings.organization(request.organization_id)
+        existing = self.ledger.records.get(request.key)
+        if existing and existing.status == Status.SUCCEEDED:
+            return existing
+        return self._record(request, Status.QUEUED)
+
+    def enqueue(self, request: ImportRequest, delay_seconds: float = 0) -> None:
+        self.calls.append(("enqueue", (request, delay_seconds)))
+
+    def reject(
+        self, kind: str, organization_id: str, crm_id: str, source: str, reason: str
+    ) -> ImportRecord | None:
+        self.calls.append(("reject", (kind, organization_id, crm_id, source, reason)))
+        existing = self.ledger.records.get((organization_id, kind, crm_id))
+        if existing and existing.status != Status.FAILED:
+            return None
+        error = ImportError_(message=reason, category="invalid")
+        return self.ledger.put(
+            ImportRecord(
+                organization_id=organization_id,
+                kind=kind,
+                crm_id=crm_id,
+                status=Status.FAILED,
+                created_at=NOW,
+                updated_at=NOW,
+                sources=[source],
+                last_error=error,
+            )
+        )
+
+    def redrive_due(self) -> int:
+        self.calls.append(("redrive_due", None))
+        return self.redrive_count
+
+    def keep_tokens_fresh(self) -> list[dict[str, str]]:
+        self.calls.append(("keep_tokens_fresh", None))
+        return self.token_results
+
+    def _record(self, request: ImportRequest, status: Status, **fields: Any) -> ImportRecord:
+        old = self.ledger.records.get(request.key)
+        return self.ledger.put(
+            ImportRecord(
+                organization_id=request.organization_id,
+                kind=request.kind,
+                crm_id=request.crm_id,
+                status=status,
+                attempts=(old.attempts if old else 0) + (status != Status.QUEUED),
+                created_at=old.created_at if old else NOW,
+                updated_at=NOW,
+                sources=sorted({*(old.sources if old else []), request.source}),
+                correlation_ids=[request.correlation_id] if request.correlation_id else [],
+                **fields,
+            )
+        )
+
+
+class FakeSqs:
+    def __init__(self, fail: bool = False) -> None:
+        self.meta = SimpleNamespace(endpoint_url=ENDPOINT)
+        self.visibility: list[dict[str, Any]] = []
+        self._fail = fail
+
+    def change_message_visibility(self, **params: Any) -> None:
+        if self._fail:
+            raise ClientError(
+                {"Error": {"Code": "ReceiptHandleIsInvalid", "Message": "gone"}},
+                "ChangeMessageVisibility",
+            )
+        self.visibility.append(params)

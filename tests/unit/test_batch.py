@@ -1,0 +1,143 @@
+"""SQS batches against a fake importer and a fake SQS client: exact partial failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crm_to_books import batch
+from crm_to_books.models import ImportError_, Status
+from tests.support.fake_importer import ENDPOINT, ORG, FakeImporter, FakeSqs
+from tests.support.lambda_events import LambdaContext, eventbridge_body, sqs_event, sqs_record
+
+ACCOUNT_QUEUE = f"{ENDPOINT}/123456789012/crm-to-books-account-imports"
+
+
+@pytest.fixture
+def importer() -> FakeImporter:
+    return FakeImporter()
+
+
+def run(importer: FakeImporter, *records: dict[str, Any], sqs: FakeSqs | None = None) -> Any:
+    return batch.process_batch(
+        sqs_event(*records),
+        LambdaContext(),  # type: ignore[arg-type]
+        importer=importer,
+        kind="account",
+        sqs=sqs or FakeSqs(),  # type: ignore[arg-type]
+    )
+
+
+def failures(response: Any) -> list[str]:
+    return [f["itemIdentifier"] for f in response["batchItemFailures"]]
+
+
+def test_a_mixed_batch_reports_only_the_retryable_record(importer: FakeImporter) -> None:
+    importer.script("2002", result="retry_later", retry_after=42.3)
+    good = sqs_record({"organization_id": ORG, "crm_id": "1001"}, message_id="good")
+    bridged = sqs_record(eventbridge_body("account", ORG, "1002"), message_id="bridged")
+    retry = sqs_record({"organization_id": ORG, "crm_id": "2002"}, message_id="retry")
+    poison = [
+        sqs_record("{not json", message_id="invalid-json"),
+        sqs_record({"organization_id": ORG}, message_id="missing-field"),
+        sqs_record({"organization_id": ORG, "crm_id": "1" * 20}, message_id="20-digits"),
+        sqs_record(eventbridge_body("item", ORG, "3003"), message_id="wrong-kind"),
+        sqs_record({"organization_id": "999", "crm_id": "4004"}, message_id="unknown-org"),
+    ]
+    sqs = FakeSqs()
+
+    response = run(importer, good, poison[0], retry, *poison[1:], bridged, sqs=sqs)
+
+    assert failures(response) == ["retry"]
+    assert sqs.visibility == [
+        {"QueueUrl": ACCOUNT_QUEUE, "ReceiptHandle": "handle-retry", "VisibilityTimeout": 43}
+    ]
+    ledger = importer.ledger.records
+    assert ledger[(ORG, "account", "1001")].status == Status.SUCCEEDED
+    assert ledger[(ORG, "account", "1002")].sources == ["eventbridge"]
+    assert ledger[(ORG, "account", "2002")].status == Status.RETRYING
+    # Poison: recorded where it names a key (under the kind it asked for), never imported.
+    [(_, rejected)] = [c for c in importer.calls if c[0] == "reject"]
+    assert rejected == (
+        "item",
+        ORG,
+        "3003",
+        "eventbridge",
+        "detail.kind: this queue takes account imports, got 'item'",
+    )
+    failed = ledger[(ORG, "item", "3003")]
+    assert failed.status == Status.FAILED and failed.last_error
+    assert failed.last_error.category == "invalid"
+    ran = [c[1][0].crm_id for c in importer.calls if c[0] == "run"]
+    assert ran == ["1001", "2002", "1002"]
+
+
+def test_a_permanent_zoho_failure_is_done_and_deleted(importer: FakeImporter) -> None:
+    error = ImportError_(
+        http_status=400, zoho_code=1002, message="no such record", category="permanent"
+    )
+    importer.script("1001", result="failed", error=error)
+    response = run(importer, sqs_record({"organization_id": ORG, "crm_id": "1001"}))
+    assert failures(response) == []
+    assert importer.ledger.records[(ORG, "account", "1001")].status == Status.FAILED
+
+
+def test_a_parked_import_is_deleted_for_the_redrive_job(importer: FakeImporter) -> None:
+    importer.script("1001", result="retry_later", retry_after=50_000, parked=True)
+    sqs = FakeSqs()
+    response = run(importer, sqs_record({"organization_id": ORG, "crm_id": "1001"}), sqs=sqs)
+    assert failures(response) == [] and sqs.visibility == []
+
+
+@pytest.mark.parametrize(("retry_after", "visibility"), [(None, 60), (0.2, 1), (10**6, 43170)])
+def test_the_delay_is_rounded_up_and_capped_below_sqs_12_hours(
+    importer: FakeImporter, retry_after: float | None, visibility: int
+) -> None:
+    importer.script("1001", result="retry_later", retry_after=retry_after)
+    sqs = FakeSqs()
+    run(importer, sqs_record({"organization_id": ORG, "crm_id": "1001"}), sqs=sqs)
+    assert sqs.visibility[0]["VisibilityTimeout"] == visibility
+
+
+def test_a_batch_where_every_record_waits_is_answered_not_raised(importer: FakeImporter) -> None:
+    for crm_id in ("1", "2"):
+        importer.script(crm_id, result="retry_later", retry_after=5)
+    records = [sqs_record({"organization_id": ORG, "crm_id": c}, message_id=c) for c in "12"]
+    assert failures(run(importer, *records)) == ["1", "2"]
+
+
+def test_a_failed_visibility_change_still_reports_the_record(importer: FakeImporter) -> None:
+    importer.script("1001", result="retry_later", retry_after=5)
+    record = sqs_record({"organization_id": ORG, "crm_id": "1001"}, message_id="m")
+    assert failures(run(importer, record, sqs=FakeSqs(fail=True))) == ["m"]
+
+
+def test_an_unexpected_error_retries_that_record_and_spares_the_rest(
+    importer: FakeImporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_run = importer.run
+
+    def flaky(request: Any, *, last_delivery: bool = False) -> Any:
+        if request.crm_id == "1":
+            raise RuntimeError("DynamoDB throttled")
+        return real_run(request, last_delivery=last_delivery)
+
+    monkeypatch.setattr(importer, "run", flaky)
+    records = [sqs_record({"organization_id": ORG, "crm_id": c}, message_id=c) for c in "12"]
+    assert failures(run(importer, *records)) == ["1"]
+    assert importer.ledger.records[(ORG, "account", "2")].status == Status.SUCCEEDED
+
+
+@pytest.mark.parametrize(("receive_count", "last"), [(1, False), (7, False), (8, True)])
+def test_the_last_delivery_before_the_dlq_is_flagged_to_the_engine(
+    importer: FakeImporter, receive_count: int, last: bool
+) -> None:
+    run(importer, sqs_record({"organization_id": ORG, "crm_id": "1"}, receive_count=receive_count))
+    assert importer.calls[0][1][1] is last
+
+
+def test_the_senders_correlation_id_follows_the_message(importer: FakeImporter) -> None:
+    record = sqs_record({"organization_id": ORG, "crm_id": "1"}, correlation_id="order-42")
+    run(importer, record)
+    assert importer.calls[0][1][0].correlation_id == "order-42"
