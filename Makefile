@@ -1,11 +1,10 @@
 # The README's commands. `make` bootstraps uv itself, so a fresh machine needs only python3.
 SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
-export UV_PYTHON := $(shell command -v python3.11 || command -v python3)
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export AWS_EC2_METADATA_DISABLED := true
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
-RUN := $(UV) run --frozen
+RUN := $(UV) run --frozen --all-extras
 API_PORT ?= 3000
 AWS_PORT ?= 4566
 

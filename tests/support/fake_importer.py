@@ -217,7 +217,17 @@ class FakeSqs:
     def __init__(self, fail: bool = False) -> None:
         self.meta = SimpleNamespace(endpoint_url=ENDPOINT)
         self.visibility: list[dict[str, Any]] = []
+        self.sent: list[dict[str, Any]] = []
         self._fail = fail
+
+    def send_message(self, **params: Any) -> dict[str, str]:
+        if self._fail:
+            raise ClientError(
+                {"Error": {"Code": "AWS.SimpleQueueService.NonExistentQueue", "Message": "gone"}},
+                "SendMessage",
+            )
+        self.sent.append(params)
+        return {"MessageId": f"copy-{len(self.sent)}"}
 
     def change_message_visibility(self, **params: Any) -> None:
         if self._fail:

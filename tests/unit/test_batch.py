@@ -141,3 +141,67 @@ def test_the_senders_correlation_id_follows_the_message(importer: FakeImporter) 
     record = sqs_record({"organization_id": ORG, "crm_id": "1"}, correlation_id="order-42")
     run(importer, record)
     assert importer.calls[0][1][0].correlation_id == "order-42"
+
+
+def test_a_rate_limited_record_is_sent_again_fresh_so_waiting_never_nears_the_dlq(
+    importer: FakeImporter,
+) -> None:
+    importer.script("2002", result="retry_later", retry_after=37.2, rate_limited=True)
+    record = sqs_record({"organization_id": ORG, "crm_id": "2002"}, message_id="throttled")
+    record["attributes"]["ApproximateReceiveCount"] = "7"
+    record["messageAttributes"] = {
+        "correlation_id": {"stringValue": "corr-9", "dataType": "String"}
+    }
+    sqs = FakeSqs()
+
+    response = run(importer, record, sqs=sqs)
+
+    assert failures(response) == []  # the original is deleted...
+    assert sqs.sent == [  # ...because an identical request waits in the queue, delayed
+        {
+            "QueueUrl": ACCOUNT_QUEUE,
+            "MessageBody": record["body"],
+            "DelaySeconds": 38,
+            "MessageAttributes": {
+                "correlation_id": {"DataType": "String", "StringValue": "corr-9"}
+            },
+        }
+    ]
+    assert sqs.visibility == []
+
+
+def test_if_the_copy_cannot_be_sent_the_original_comes_back_instead(
+    importer: FakeImporter,
+) -> None:
+    importer.script("2002", result="retry_later", retry_after=5, rate_limited=True)
+    record = sqs_record({"organization_id": ORG, "crm_id": "2002"}, message_id="throttled")
+
+    response = run(importer, record, sqs=FakeSqs(fail=True))
+
+    assert failures(response) == ["throttled"]
+
+
+class _ShortOnTime(LambdaContext):
+    def get_remaining_time_in_millis(self) -> int:
+        return 5_000
+
+
+def test_records_not_started_before_the_function_runs_out_of_time_are_requeued(
+    importer: FakeImporter,
+) -> None:
+    records = [
+        sqs_record({"organization_id": ORG, "crm_id": str(n)}, message_id=f"m{n}") for n in (1, 2)
+    ]
+    sqs = FakeSqs()
+
+    response = batch.process_batch(
+        sqs_event(*records),
+        _ShortOnTime(),  # type: ignore[arg-type]
+        importer=importer,  # type: ignore[arg-type]
+        kind="account",
+        sqs=sqs,  # type: ignore[arg-type]
+    )
+
+    assert failures(response) == []
+    assert [m["DelaySeconds"] for m in sqs.sent] == [0, 0]
+    assert [c for c in importer.calls if c[0] == "run"] == []

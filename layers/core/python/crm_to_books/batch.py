@@ -2,6 +2,10 @@
 
 - good record: imported (or failed for good at Zoho: the ledger says so) and deleted;
 - retry later: back to the queue after `retry_after` (its visibility timeout), reported;
+- rate-limited (nothing reached Zoho), or not started because the function is running out of
+  time: sent again as a fresh message (delayed by `retry_after`) and the original deleted, so
+  waiting for Zoho's limits never counts towards the queue's `maxReceiveCount` and the DLQ
+  only ever holds imports that really failed again and again;
 - poison (can never succeed): recorded as failed where it names a ledger key, and deleted,
   so it neither blocks the batch nor loops until the DLQ.
 """
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 # its timeout since then.
 MAX_VISIBILITY_SECONDS = 12 * 3600 - FUNCTION_TIMEOUT_SECONDS
 DEFAULT_RETRY_SECONDS = 60
+SQS_MAX_DELAY_SECONDS = 900
 
 
 class RetryLater(Exception):
@@ -55,17 +60,24 @@ def process_batch(
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     return process_partial_response(
         event=event,
-        record_handler=_record_handler(importer, kind, sqs),
+        record_handler=_record_handler(importer, kind, sqs, context),
         processor=processor,
         context=context,
     )
 
 
 def _record_handler(
-    importer: ImporterLike, kind: str, sqs: SQSClient
+    importer: ImporterLike, kind: str, sqs: SQSClient, context: LambdaContext | None
 ) -> Callable[[SQSRecord], str]:
+    budget_ms = 1000 * (
+        importer.settings.zoho_connect_timeout + importer.settings.zoho_read_timeout + 2
+    )
+
     def handle(record: SQSRecord) -> str:
         logger.set_correlation_id(record.message_id)
+        if context is not None and context.get_remaining_time_in_millis() < budget_ms:
+            _requeue(sqs, record, 0)  # not started: another invocation takes it at once
+            return "requeued"
         try:
             request = triggers.from_sqs_record(record.raw_event, kind)
             importer.settings.organization(request.organization_id)
@@ -81,6 +93,11 @@ def _record_handler(
         if outcome.parked:  # the re-drive job owns it now; the message is done
             logger.info("import parked", extra=log)
             return "parked"
+        if outcome.rate_limited:
+            delay = _visibility(outcome.retry_after)
+            _requeue(sqs, record, min(delay, SQS_MAX_DELAY_SECONDS))
+            logger.info("import requeued", extra={**log, "retry_after": delay})
+            return "requeued"
         delay = _visibility(outcome.retry_after)
         _delay(sqs, record, delay)
         logger.info("import deferred", extra={**log, "retry_after": delay})
@@ -125,3 +142,23 @@ def _delay(sqs: SQSClient, record: SQSRecord, seconds: int) -> None:
     except (BotoCoreError, ClientError):
         # Still reported as failed: the message returns after the queue's own timeout.
         logger.warning("could not delay the message", exc_info=True)
+
+
+def _requeue(sqs: SQSClient, record: SQSRecord, delay: int) -> None:
+    """The same request as a new message (receive count 0); the original is then deleted.
+    If the send fails the record is reported failed and comes back on its own."""
+    attributes: dict[str, Any] = {
+        name: {"DataType": value.get("dataType", "String"), "StringValue": value["stringValue"]}
+        for name, value in (record.raw_event.get("messageAttributes") or {}).items()
+        if value.get("stringValue") is not None
+    }
+    try:
+        sqs.send_message(
+            QueueUrl=triggers.queue_url(record.event_source_arn, sqs.meta.endpoint_url),
+            MessageBody=record.body,
+            DelaySeconds=max(0, min(delay, SQS_MAX_DELAY_SECONDS)),
+            MessageAttributes=attributes,
+        )
+    except (BotoCoreError, ClientError) as exc:
+        logger.warning("could not requeue the message", exc_info=True)
+        raise RetryLater("requeue failed") from exc

@@ -160,7 +160,13 @@ class Importer:
                     rate_limited=True,
                     recorded=bool(previous),
                 )
-        if done.status is Status.RETRYING and not done.parked and last_delivery:
+        # Rate-limited messages are sent again fresh (batch.py), never dead-lettered.
+        if (
+            done.status is Status.RETRYING
+            and not done.parked
+            and last_delivery
+            and not rate_limited
+        ):
             done.in_dlq = True
             done.detail = (done.detail or "") + (
                 " This was the queue's last delivery: the message goes to the dead-letter queue "

@@ -41,7 +41,9 @@ class Settings(BaseModel):
     import_kind: str | None = None
     rate_window_seconds: float = Field(default=60.0, gt=0, le=3600)
     zoho_connect_timeout: float = Field(default=3.05, gt=0, le=30)
-    zoho_read_timeout: float = Field(default=20.0, gt=0, le=120)
+    # API Gateway gives a synchronous call 29 s: a read timeout, a look-up and a token refresh
+    # must fit in it, and an SQS batch stops starting records that could outlive the function.
+    zoho_read_timeout: float = Field(default=12.0, gt=0, le=120)
     token_refresh_margin_seconds: float = Field(default=300.0, ge=0, le=3000)
     token_wait_seconds: float = Field(default=8.0, ge=0, le=60)
     ledger_retention_days: int = Field(default=0, ge=0, description="0 keeps records forever")
