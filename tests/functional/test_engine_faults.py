@@ -214,3 +214,33 @@ def test_no_secret_reaches_a_log_line_an_error_or_a_ledger_record(
     assert "import done" in text
     for secret in (sandbox.client_secret, sandbox.refresh_token, access_token):
         assert secret not in text
+
+
+def test_an_abandoned_synchronous_attempt_is_finished_by_the_redrive_job(
+    sandbox: ZohoSandbox, settings: Any, aws_world: Any
+) -> None:
+    """A sync call whose function timed out mid-import: nobody will call again, so the re-drive
+    job re-enqueues it, and the queued attempt looks it up instead of importing twice."""
+    import json
+
+    import boto3
+
+    sandbox.configure(reimport="duplicate")
+    crm_id = sandbox.crm_ids["item"][1]
+    clock = _Clock()
+    importer = Importer(settings, clock=clock)
+    importer.ledger.begin(request("item", crm_id), owner="timed-out", lease_seconds=30)
+    from crm_to_books.entities import get_entity
+
+    importer.zoho.import_record(importer.tokens.get("default"), get_entity("item"), ORG, crm_id)
+    assert importer.redrive_due() == 0  # its lease still runs
+
+    clock.offset = 120.0
+    assert importer.redrive_due() == 1
+
+    messages = boto3.client("sqs").receive_message(QueueUrl=aws_world["queue_urls"]["item"])
+    body = json.loads(messages["Messages"][0]["Body"])
+    assert body == {"organization_id": ORG, "crm_id": crm_id}
+    outcome = Importer(settings, clock=clock).run(request("item", crm_id, source="redrive"))
+    assert outcome.result == "imported" and "found in Books" in (outcome.record.detail or "")
+    assert records_of(sandbox, "item", crm_id) == 1

@@ -426,18 +426,34 @@ class Ledger:
 
     def due(self, organization_id: str) -> builtins.list[ImportRecord]:
         """Parked records whose time has come."""
+        return self._query_index(
+            organization_id,
+            Status.RETRYING,
+            "parked = :t AND next_attempt_epoch <= :now",
+            {":t": True, ":now": self._clock()},
+        )
+
+    def abandoned(self, organization_id: str, grace: float = 60.0) -> builtins.list[ImportRecord]:
+        """`in_progress` records whose attempt died (its lease ran out `grace` seconds ago) and
+        that nobody will retry by themselves, e.g. a synchronous call whose function timed out."""
+        return self._query_index(
+            organization_id,
+            Status.IN_PROGRESS,
+            "lease_until < :then",
+            {":then": self._clock() - grace},
+        )
+
+    def _query_index(
+        self, organization_id: str, status: Status, condition: str, values: dict[str, Any]
+    ) -> builtins.list[ImportRecord]:
         out: builtins.list[ImportRecord] = []
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": LEDGER_STATUS_INDEX,
             "KeyConditionExpression": "org_status = :os",
-            "FilterExpression": "parked = :t AND next_attempt_epoch <= :now",
+            "FilterExpression": condition,
             "ExpressionAttributeValues": dynamo.dump_values(
-                {
-                    ":os": f"{organization_id}#{Status.RETRYING.value}",
-                    ":t": True,
-                    ":now": self._clock(),
-                }
+                {":os": f"{organization_id}#{status.value}", **values}
             ),
         }
         while True:

@@ -485,11 +485,14 @@ class Importer:
         return self.ledger.reject(organization_id, kind, crm_id, source, reason)
 
     def redrive_due(self) -> int:
-        """Re-enqueue parked imports whose time has come (daily cap reset, connection fixed)."""
+        """Re-enqueue parked imports whose time has come (daily cap reset, connection fixed),
+        and imports whose attempt died with nobody to retry them (the import then starts with
+        a look-up, so it cannot be duplicated)."""
         sent = 0
         for organization_id in self.settings.organizations:
-            for record in self.ledger.due(organization_id):
-                if record.kind not in self.settings.queue_urls or not self.ledger.unpark(record):
+            due = [r for r in self.ledger.due(organization_id) if self.ledger.unpark(r)]
+            for record in [*due, *self.ledger.abandoned(organization_id)]:
+                if record.kind not in self.settings.queue_urls:
                     continue
                 self.enqueue(
                     ImportRequest(
