@@ -279,3 +279,20 @@ def test_a_connection_without_the_scope_fails_with_what_to_fix(
     assert outcome.record.last_error and outcome.record.last_error.zoho_code == 57
     assert "ZohoBooks.contacts.CREATE" in (outcome.record.detail or "")
     assert sandbox.counters()["token_requests"]["granted"] == 3  # grant, first, one refresh
+
+
+def test_each_outcome_is_counted_by_kind_for_dashboards(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    importer = new_importer()
+    importer.run(request("vendor", sandbox.crm_ids["vendor"][0]))
+    importer.run(request("vendor", sandbox.crm_ids["missing"]))
+
+    lines = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("{") and '"Imports"' in line
+    ]
+    seen = {(m["kind"], m["outcome"], str(m["Imports"])) for m in lines}
+    assert seen == {("vendor", "succeeded", "[1.0]"), ("vendor", "failed", "[1.0]")}
+    assert all(m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "CrmToBooks" for m in lines)

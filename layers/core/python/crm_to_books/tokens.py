@@ -23,7 +23,7 @@ from crm_to_books import dynamo
 from crm_to_books.errors import ConnectionBroken
 from crm_to_books.observability import logger, metrics
 from crm_to_books.settings import Settings
-from crm_to_books.topology import METRIC_TOKEN_REFRESH_FAILED
+from crm_to_books.topology import METRIC_TOKEN_REFRESH_FAILED, METRIC_TOKEN_REFRESHED
 from crm_to_books.zoho import AccessToken, Credentials, TokenError, ZohoClient
 
 ZOHO_TOKEN_WINDOW = 600.0  # Zoho: 10 token requests per refresh token per 10 minutes
@@ -293,6 +293,7 @@ class TokenProvider:
             recent,
         )
         self._memory[connection] = token
+        metrics.add_metric(name=METRIC_TOKEN_REFRESHED, unit="Count", value=1)
         logger.info(
             "access token refreshed",
             extra={"connection": connection, "expires_in": int(token.valid_for(now))},

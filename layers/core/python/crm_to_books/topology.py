@@ -45,6 +45,9 @@ METRIC_IMPORT_FAILED = "ImportFailed"
 METRIC_ZOHO_LATENCY = "ZohoLatency"
 METRIC_ZOHO_THROTTLED = "ZohoThrottled"
 METRIC_TOKEN_REFRESH_FAILED = "TokenRefreshFailed"  # noqa: S105 (a metric name)
+METRIC_TOKEN_REFRESHED = "TokenRefreshed"  # noqa: S105 (a metric name)
+# Imports by kind and outcome (dimensions service, kind, outcome): 12 metrics at most.
+METRIC_IMPORTS = "Imports"
 
 # Key schema shared by the stack and the emulator.
 LEDGER_PARTITION_KEY = "pk"
