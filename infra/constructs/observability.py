@@ -131,6 +131,18 @@ class Observability(Construct):
             service_metric(topology.METRIC_IMPORT_SUCCEEDED),
             service_metric(topology.METRIC_IMPORT_FAILED),
         ]
+        by_kind = [
+            cloudwatch.Metric(
+                namespace=topology.METRICS_NAMESPACE,
+                metric_name=topology.METRIC_IMPORTS,
+                dimensions_map={"service": topology.SERVICE_NAME, "kind": kind, "outcome": outcome},
+                statistic="Sum",
+                period=FIVE_MINUTES,
+                label=f"{kind} {outcome}",
+            )
+            for kind in queues
+            for outcome in ("succeeded", "failed")
+        ]
         latency = [
             service_metric(topology.METRIC_ZOHO_LATENCY, statistic=stat)
             for stat in ("p50", "p90", "Maximum")
@@ -156,6 +168,10 @@ class Observability(Construct):
             _graph("Imports by outcome", imports),
             _graph("Zoho latency (ms)", latency),
             _graph("Zoho throttling and token refresh failures", zoho),
+        )
+        board.add_widgets(
+            _graph("Imports by kind", by_kind),
+            _graph("Token refreshes", [service_metric(topology.METRIC_TOKEN_REFRESHED)]),
         )
         board.add_widgets(
             _graph("Queue depth", depth),
