@@ -102,3 +102,17 @@ def test_the_limiter_keeps_every_window_and_the_concurrency_cap_under_zohos_limi
     assert counters["max_concurrency_seen"][ORG] <= concurrency
     assert counters["responses_429"] == {"44": 0, "45": 0, "1070": 0}
     assert elapsed >= 2 * WINDOW  # 36 calls at 12 per window cannot finish sooner
+
+
+def test_a_container_taking_the_lease_just_after_a_refresh_uses_that_token(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    """Both saw "no token"; the first refreshed and let go of the lease; the second gets the
+    lease next. It must read again and use the new token, not ask Zoho a second time."""
+    first, second = new_importer().tokens, new_importer().tokens
+    token = first.get("default")
+
+    assert second._take_lease("default", time.time())
+    assert second._refresh_holding_lease("default") == token
+
+    assert sandbox.counters()["token_requests"]["total"] == 1

@@ -168,8 +168,10 @@ def _import_route(
         if kind not in import_kinds:
             served = ", ".join(import_kinds) or "no"
             raise InvalidRequest("kind", f"this function imports {served} records, not {kind}")
-        importer.settings.organization(organization_id)
         event = app.current_event
+        if event.body:  # Zoho's import takes none: a body is a caller's mistake, or a probe
+            raise InvalidRequest("body", "must be empty: the import takes no request body")
+        importer.settings.organization(organization_id)
         request = triggers.from_http(
             kind=kind,
             organization_id=organization_id,

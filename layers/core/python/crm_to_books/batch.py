@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -85,7 +86,7 @@ def _record_handler(
             _reject(importer, record, kind, exc.message)
             return "poison"
         logger.set_correlation_id(request.correlation_id)
-        outcome = importer.run(request, last_delivery=_last_delivery(record))
+        outcome = importer.run(request, last_delivery=_last_delivery(record, sqs))
         log = {"kind": request.kind, "crm_id": request.crm_id, "result": outcome.result}
         if outcome.result != "retry_later":
             logger.info("import done", extra=log)
@@ -119,12 +120,34 @@ def _reject(importer: ImporterLike, record: SQSRecord, kind: str, reason: str) -
         importer.reject(about.kind, about.organization_id, about.crm_id, about.source, reason)
 
 
-def _last_delivery(record: SQSRecord) -> bool:
+def _last_delivery(record: SQSRecord, sqs: SQSClient) -> bool:
     """The queue dead-letters the message if this receive fails too."""
     try:
-        return int(record.attributes.approximate_receive_count) >= MAX_RECEIVE_COUNT
+        count = int(record.attributes.approximate_receive_count)
     except (KeyError, TypeError, ValueError):
         return False
+    # A first delivery is never the last (no redrive policy here allows 1 receive): the hot
+    # path pays no extra call.
+    return count >= 2 and count >= _max_receive_count(record, sqs)
+
+
+# queue URL -> its redrive policy's maxReceiveCount, read once per container.
+_max_receives: dict[str, int] = {}
+
+
+def _max_receive_count(record: SQSRecord, sqs: SQSClient) -> int:
+    """The queue's own maxReceiveCount: the ledger's DLQ mark must follow the policy the queue
+    has (a stage, the local stack or an operator may set another than topology's)."""
+    try:
+        url = triggers.queue_url(record.event_source_arn, sqs.meta.endpoint_url)
+        if url not in _max_receives:
+            answer = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+            policy = json.loads(answer["Attributes"]["RedrivePolicy"])
+            _max_receives[url] = int(policy["maxReceiveCount"])
+        return _max_receives[url]
+    except Exception:  # unreadable: the count the stack deploys, and ask again next time
+        logger.warning("could not read the queue's redrive policy", exc_info=True)
+        return MAX_RECEIVE_COUNT
 
 
 def _visibility(retry_after: float | None) -> int:

@@ -521,7 +521,9 @@ class Importer:
         return sent
 
     def keep_tokens_fresh(self) -> list[dict[str, str]]:
-        ahead = self.settings.token_refresh_margin_seconds + 2 * TOKEN_KEEPER_RATE_MINUTES * 60
+        # Renew only a token that would fall inside the imports' own margin before the next
+        # run: then imports never refresh, and a token serves ~55 of its 60 minutes.
+        ahead = self.settings.token_refresh_margin_seconds + TOKEN_KEEPER_RATE_MINUTES * 60 + 60
         return [self.tokens.keep_fresh(name, ahead) for name in sorted(self.settings.connections)]
 
 

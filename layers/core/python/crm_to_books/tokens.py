@@ -108,7 +108,7 @@ class TokenProvider:
                 self._memory[connection] = shared
                 return shared
             if self._take_lease(connection, now):
-                return self._refresh(connection, item)
+                return self._refresh_holding_lease(connection)
             if shared and shared.valid_for(now) > MIN_USABLE_SECONDS:
                 self._memory[connection] = shared  # still good while another caller refreshes
                 return shared
@@ -155,7 +155,7 @@ class TokenProvider:
                 "detail": "another caller is refreshing it",
             }
         try:
-            token = self._refresh(connection, item)
+            token = self._refresh_holding_lease(connection, ahead_seconds)
         except ConnectionBroken as exc:
             return {"connection": connection, "status": "broken", "detail": exc.reason}
         except TokenUnavailable as exc:
@@ -246,10 +246,27 @@ class TokenProvider:
             ) from None
         return Credentials.from_secret(secret)
 
+    def _refresh_holding_lease(
+        self, connection: str, fresh_enough: float | None = None
+    ) -> AccessToken:
+        """Read again under the lease: the caller that held it before may have just refreshed
+        (both read "no token", it refreshed and let go, we took the lease). Then use its token;
+        otherwise refresh from what is there now, so the refresh log is never stale."""
+        item = self._read(connection)
+        shared = _token_of(item)
+        wanted = (
+            self._settings.token_refresh_margin_seconds if fresh_enough is None else fresh_enough
+        )
+        if shared and shared.valid_for(self._clock()) > wanted:
+            self._finish(connection, {}, _recent(item, self._clock()))
+            self._memory[connection] = shared
+            return shared
+        return self._refresh(connection, item)
+
     def _refresh(self, connection: str, item: dict[str, Any]) -> AccessToken:
         """Called holding the lease. Always gives the lease back."""
         now = self._clock()
-        recent = [float(t) for t in item.get("refreshes", []) if float(t) > now - ZOHO_TOKEN_WINDOW]
+        recent = _recent(item, now)
         if len(recent) >= OWN_TOKEN_BUDGET:
             until = min(recent) + ZOHO_TOKEN_WINDOW
             self._finish(connection, {"throttled_until": until}, recent)
@@ -322,6 +339,10 @@ class TokenProvider:
             logger.warning(
                 "token lease lost before the refresh finished", extra={"connection": connection}
             )
+
+
+def _recent(item: dict[str, Any], now: float) -> list[float]:
+    return [float(t) for t in item.get("refreshes", []) if float(t) > now - ZOHO_TOKEN_WINDOW]
 
 
 def _key(connection: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ DETAIL_IMPORT_FAILED = "Import Failed"
 API_STAGE = "prod"
 
 # Scheduled jobs
-TOKEN_KEEPER_RATE_MINUTES = 15
+TOKEN_KEEPER_RATE_MINUTES = 5  # cheap (one GetItem); short, so tokens live most of their hour
 REDRIVE_RATE_MINUTES = 5
 
 # Metrics (Powertools EMF, dimension service=SERVICE_NAME only): the stack's alarms and

@@ -25,7 +25,7 @@ CORRELATION_ID_PATH = (
     " || Records[0].messageId || id"
 )
 
-_CORRELATION_ID = re.compile(CORRELATION_ID_PATTERN)
+_CORRELATION_ID = re.compile(CORRELATION_ID_PATTERN)  # fullmatch: `$` alone lets a "\n" end it
 
 
 def header(headers: Mapping[str, str] | None, name: str) -> str | None:
@@ -40,7 +40,7 @@ def http_correlation_id(headers: Mapping[str, str] | None, request_id: str | Non
     value = header(headers, CORRELATION_HEADER)
     if value is None:
         return request_id
-    if not _CORRELATION_ID.match(value):
+    if not _CORRELATION_ID.fullmatch(value):
         raise InvalidRequest(CORRELATION_HEADER, CORRELATION_ID_RULE)
     return value
 
@@ -127,7 +127,7 @@ def _json_object(text: object) -> dict[str, Any]:
         raise InvalidRequest("body", "is missing")
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
         raise InvalidRequest("body", "is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body", "must be a JSON object")
@@ -152,7 +152,7 @@ def _from_eventbridge(
     event_id = body.get("id")
     correlation_id = (
         event_id
-        if isinstance(event_id, str) and _CORRELATION_ID.match(event_id)
+        if isinstance(event_id, str) and _CORRELATION_ID.fullmatch(event_id)
         else _message_id(record)
     )
     try:
@@ -176,7 +176,7 @@ def _message_id(record: Mapping[str, Any]) -> str | None:
     """The sender's correlation id (`Importer.enqueue` sets it), else the SQS message id."""
     attribute = (record.get("messageAttributes") or {}).get("correlation_id") or {}
     value = attribute.get("stringValue") if isinstance(attribute, dict) else None
-    if isinstance(value, str) and _CORRELATION_ID.match(value):
+    if isinstance(value, str) and _CORRELATION_ID.fullmatch(value):
         return value
     message_id = record.get("messageId")
     return message_id if isinstance(message_id, str) else None
