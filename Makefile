@@ -28,7 +28,7 @@ lint: install
 	$(RUN) ruff format --check .
 
 typecheck: install
-	$(RUN) mypy layers/core/python/crm_to_books src/crm_to_books_cli functions infra
+	$(RUN) mypy layers/core/python/crm_to_books src/crm_to_books_cli functions infra bench
 
 test: lint typecheck
 	$(RUN) pytest

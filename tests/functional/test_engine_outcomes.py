@@ -296,3 +296,28 @@ def test_each_outcome_is_counted_by_kind_for_dashboards(
     seen = {(m["kind"], m["outcome"], str(m["Imports"])) for m in lines}
     assert seen == {("vendor", "succeeded", "[1.0]"), ("vendor", "failed", "[1.0]")}
     assert all(m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "CrmToBooks" for m in lines)
+
+
+def test_the_hot_path_makes_four_aws_calls_and_an_already_imported_record_one(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import botocore.client
+
+    calls: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def counted(self: Any, operation: str, params: Any) -> Any:
+        calls.append(operation)
+        return original(self, operation, params)
+
+    importer = new_importer()
+    importer.run(request("account", sandbox.crm_ids["account"][0]))  # a warm container
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counted)
+
+    importer.run(request("account", sandbox.crm_ids["account"][1]))
+    first_time = list(calls)
+    calls.clear()
+    importer.run(request("account", sandbox.crm_ids["account"][1]))
+
+    assert sorted(first_time) == ["PutEvents", "PutItem", "TransactWriteItems", "UpdateItem"]
+    assert calls == ["UpdateItem"]

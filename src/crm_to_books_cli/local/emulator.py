@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from typing import Any
 
 import boto3
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
@@ -48,6 +55,32 @@ def _deliver_whole_events() -> None:
     )
 
 
+class _SerializedDynamoDB:
+    """moto's DynamoDB backend is not thread-safe (a transaction deep-copies tables while
+    another request writes), but its server is threaded: DynamoDB requests take turns, like
+    the single-item atomicity DynamoDB itself gives. Other services (SQS long polls) don't."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB"):
+            with self._lock:
+                return list(self._app(environ, start_response))
+        return self._app(environ, start_response)
+
+
+class _Server(ThreadedMotoServer):
+    def _server_entry(self) -> None:
+        app = _SerializedDynamoDB(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(
+            self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
 class Emulator:
     """moto's threaded server; `client(service)` gives boto3 clients pointed at it."""
 
@@ -64,7 +97,7 @@ class Emulator:
         check_port_free(self.host, self.port, "AWS emulator", "--aws-port or AWS_PORT")
         _deliver_whole_events()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
-        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self._server = _Server(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
         self.port = self._server.get_host_and_port()[1]
 

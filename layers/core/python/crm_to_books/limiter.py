@@ -65,6 +65,7 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._known: dict[str, dict[str, Any]] = {}  # last item seen per organization
+        self._releasing: dict[str, float] = {}  # lease id -> finish stamp, until written
 
     @property
     def client(self) -> Any:
@@ -118,6 +119,8 @@ class RateLimiter:
 
     def release_update(self, permit: Permit) -> dict[str, Any]:
         """The release as a TransactWriteItems `Update`, to ride along the ledger write."""
+        stamp = round(self._clock(), 3)
+        self._releasing[permit.lease_id] = stamp
         return {
             "Update": {
                 "TableName": self._table,
@@ -126,9 +129,25 @@ class RateLimiter:
                 "SET calls = list_append(if_not_exists(calls, :none), :done) ADD v :one",
                 "ExpressionAttributeNames": {"#l": permit.lease_id},
                 "ExpressionAttributeValues": dynamo.dump_values(
-                    {":one": 1, ":none": [], ":done": [round(self._clock(), 3)]}
+                    {":one": 1, ":none": [], ":done": [stamp]}
                 ),
             }
+        }
+
+    def released(self, permit: Permit) -> None:
+        """The release was written (with the ledger's transaction): bring this container's
+        snapshot in step, so its next acquire is one call instead of a failed one and a retry.
+        Had anyone else written in between, the version check catches it as usual."""
+        stamp = self._releasing.pop(permit.lease_id, None)
+        known = self._known.get(permit.organization_id)
+        if stamp is None or known is None:
+            return
+        inflight = {k: v for k, v in (known.get("inflight") or {}).items() if k != permit.lease_id}
+        self._known[permit.organization_id] = {
+            **known,
+            "inflight": inflight,
+            "calls": [*known.get("calls", []), stamp],
+            "v": int(known.get("v", 0)) + 1,
         }
 
     def release(self, permit: Permit) -> None:
@@ -218,7 +237,9 @@ class _State:
             if not self.calls:  # the whole budget is in flight: wait for calls to finish
                 wait = random.uniform(0.2, 1.0)
                 return Denied(wait, "per_minute", now + wait)
-            until = min(self.calls) + window
+            # Spread the waiters a little: all pointed at the same instant, they would all
+            # collide on this one item when the oldest call leaves the window.
+            until = min(self.calls) + window + random.uniform(0, min(1.0, 0.02 * window))
             return Denied(max(until - now, 0.01), "per_minute", until)
         if len(self.inflight) >= org.max_concurrency:
             wait = min(min(self.inflight.values()) - now, random.uniform(0.2, 1.0))

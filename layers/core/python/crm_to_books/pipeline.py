@@ -448,7 +448,10 @@ class Importer:
             0 if done.status is not Status.RETRYING else int(claim.item.get("retries", 0))
         )
         also = [self.limiter.release_update(permit)] if permit else None
-        return self.ledger.complete(claim, done, also)
+        record = self.ledger.complete(claim, done, also)
+        if permit:
+            self.limiter.released(permit)
+        return record
 
     def _count(self, record: ImportRecord) -> None:
         if record.status is Status.SUCCEEDED:

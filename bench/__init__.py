@@ -1,0 +1,20 @@
+"""Benchmarks of crm-to-books (`make bench`, `python -m bench NAME`); figures in docs/benchmarks.md.
+
+Never timed assertions: each benchmark prints its figures against their targets (PASS/MISS).
+"""
+
+from __future__ import annotations
+
+from bench import aws_calls, cold_start, cost, overhead, rate_limit, throughput, token_economy
+from bench.core import Benchmark
+
+# In run order: the cost model comes last and reuses what the others measured.
+BENCHMARKS: dict[str, Benchmark] = {
+    "tokens": token_economy.run,
+    "rate_limit": rate_limit.run,
+    "aws_calls": aws_calls.run,
+    "overhead": overhead.run,
+    "sqs_throughput": throughput.run,
+    "cold_start": cold_start.run,
+    "cost": cost.run,
+}

@@ -1,0 +1,332 @@
+"""The in-process world of the engine benchmarks: moto for AWS, the Zoho sandbox for Zoho.
+
+Each `Importer` made here is one Lambda container (its own token memory, limiter snapshot and
+Zoho connection pool); they share AWS (moto) and Zoho (the sandbox), as containers do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
+
+import boto3
+import botocore.client
+from botocore.exceptions import ClientError
+
+from crm_to_books import aws
+from crm_to_books import topology as t
+from crm_to_books.entities import KINDS
+from crm_to_books.models import ImportRequest
+from crm_to_books.observability import logger, metrics
+from crm_to_books.pipeline import Importer, ImportOutcome
+from crm_to_books.settings import Organization, Settings
+from crm_to_books.zoho import ZohoAnswer, ZohoClient
+from crm_to_books_cli.sandbox import SandboxConfig, ZohoSandbox
+
+NAMES = t.Names("bench")
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+}
+# Limits no benchmark reaches, for the benchmarks that are not about limits.
+UNLIMITED = Organization(requests_per_minute=10_000, daily_limit=10_000_000, max_concurrency=100)
+
+
+class ByteSink(io.TextIOBase):
+    """Swallows what the library prints (logs, EMF metrics) and counts it: log volume is a cost."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lines = 0
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.bytes += len(text.encode())
+            self.lines += text.count("\n")
+        return len(text)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[ByteSink]:
+    sink = ByteSink()
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    previous = handler.setStream(sink)
+    try:
+        with contextlib.redirect_stdout(sink):  # Powertools prints EMF metrics to stdout
+            yield sink
+    finally:
+        handler.setStream(previous)
+        metrics.clear_metrics()
+
+
+class CallCounter:
+    """botocore API calls by (service, operation), and the time spent in them; thread-safe."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()  # calls answered with an error (condition failed)
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[CallCounter]:
+        original = getattr(botocore.client.BaseClient, "_make_api_call")  # noqa: B009 (untyped)
+
+        def counted(client: Any, operation: str, params: Any) -> Any:
+            name = f"{client.meta.service_model.service_name}:{operation}"
+            started = time.perf_counter()
+            try:
+                return original(client, operation, params)
+            except ClientError:
+                with self._lock:
+                    self.failed[name] += 1
+                raise
+            finally:
+                with self._lock:
+                    self.calls[name] += 1
+                    self.seconds += time.perf_counter() - started
+
+        with mock.patch.object(botocore.client.BaseClient, "_make_api_call", counted):
+            yield self
+
+    def take(self) -> tuple[Counter[str], Counter[str], float]:
+        """Calls, failed calls and seconds since the last take."""
+        with self._lock:
+            out = (self.calls, self.failed, self.seconds)
+            self.calls, self.failed, self.seconds = Counter(), Counter(), 0.0
+        return out
+
+
+@dataclass
+class World:
+    sandbox: ZohoSandbox
+    settings: Settings
+    calls: CallCounter
+    sink: ByteSink
+    org: str
+    zoho_seconds: float = 0.0  # time spent in Zoho import calls (answer.elapsed), all threads
+    importers: list[Importer] = field(default_factory=list)
+
+    def importer(self, **settings: Any) -> Importer:
+        """A new container; `settings` override fields of the world's settings."""
+        made = Importer(self.settings.model_copy(update=settings))
+        self.importers.append(made)
+        return made
+
+    def counters(self, window_seconds: float | None = None) -> dict[str, Any]:
+        """The sandbox's counters (docs/sandbox.md), typed for reading."""
+        counters: dict[str, Any] = self.sandbox.counters(window_seconds=window_seconds)
+        return counters
+
+    def request(self, kind: str, crm_id: int | str) -> ImportRequest:
+        return ImportRequest(kind=kind, organization_id=self.org, crm_id=str(crm_id))
+
+    def item(self, table: str, key: dict[str, Any]) -> dict[str, Any]:
+        """A raw DynamoDB item (for item sizes and shared state)."""
+        got = boto3.client("dynamodb").get_item(TableName=table, Key=key, ConsistentRead=True)
+        item: dict[str, Any] = got.get("Item", {})
+        return item
+
+
+@contextlib.contextmanager
+def world(
+    sandbox_config: SandboxConfig | None = None,
+    *,
+    limits: Organization = UNLIMITED,
+    window: float = 1.0,
+    **settings: Any,
+) -> Iterator[World]:
+    """moto + the sandbox + the stack's tables, bus and secret. `window` compresses Zoho's minute
+    for the sandbox and the limiter alike (kept short where limits are not under study, so the
+    limiter's call log stays as short as at Zoho's real 100 per minute)."""
+    from moto import mock_aws
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    os.environ.update(FAKE_AWS_ENV)
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    # moto's in-process backends are not thread-safe: serve one request at a time, as moto's
+    # server does (see tests/functional/conftest.py).
+    lock = threading.RLock()
+    original = BotocoreStubber.process_request
+
+    def serialized(self: BotocoreStubber, request: Any) -> Any:
+        with lock:
+            return original(self, request)
+
+    config = (sandbox_config or SandboxConfig()).with_changes(rate_window_seconds=window)
+    aws.reset()  # the library caches its boto3 clients: they must be made under moto
+    with (
+        quiet() as sink,
+        mock.patch.object(BotocoreStubber, "process_request", serialized),
+        mock_aws(),
+        ZohoSandbox(port=0, config=config) as sandbox,
+    ):
+        org = sandbox.organizations[0]  # the one that allows every kind
+        sandbox.set_limits(
+            org,
+            requests_per_minute=limits.requests_per_minute,
+            daily_limit=limits.daily_limit,
+            max_concurrency=limits.max_concurrency,
+        )
+        _provision()
+        secret = _store_secret(sandbox)
+        with CallCounter().installed() as calls:
+            made = World(
+                sandbox=sandbox,
+                settings=Settings(
+                    ledger_table=NAMES.ledger_table,
+                    state_table=NAMES.state_table,
+                    event_bus_name=NAMES.event_bus,
+                    organizations={org: limits},
+                    connections={"default": secret},
+                    rate_window_seconds=window,
+                    **settings,
+                ),
+                calls=calls,
+                sink=sink,
+                org=org,
+            )
+            import_record, timing = ZohoClient.import_record, threading.Lock()
+
+            def timed(client: ZohoClient, *args: Any, **kwargs: Any) -> ZohoAnswer:
+                answer = import_record(client, *args, **kwargs)
+                with timing:
+                    made.zoho_seconds += answer.elapsed
+                return answer
+
+            with mock.patch.object(ZohoClient, "import_record", timed):
+                try:
+                    yield made
+                finally:
+                    aws.reset()
+
+
+def _provision() -> None:
+    ddb: Any = boto3.client("dynamodb")
+
+    def strings(*names: str) -> list[dict[str, str]]:
+        return [{"AttributeName": n, "AttributeType": "S"} for n in names]
+
+    def hash_range(partition: str, sort: str) -> list[dict[str, str]]:
+        return [
+            {"AttributeName": partition, "KeyType": "HASH"},
+            {"AttributeName": sort, "KeyType": "RANGE"},
+        ]
+
+    ddb.create_table(
+        TableName=NAMES.ledger_table,
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=hash_range(t.LEDGER_PARTITION_KEY, t.LEDGER_SORT_KEY),
+        AttributeDefinitions=strings(
+            t.LEDGER_PARTITION_KEY,
+            t.LEDGER_SORT_KEY,
+            t.LEDGER_STATUS_INDEX_PARTITION_KEY,
+            t.LEDGER_STATUS_INDEX_SORT_KEY,
+        ),
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": t.LEDGER_STATUS_INDEX,
+                "KeySchema": hash_range(
+                    t.LEDGER_STATUS_INDEX_PARTITION_KEY, t.LEDGER_STATUS_INDEX_SORT_KEY
+                ),
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+    ddb.create_table(
+        TableName=NAMES.state_table,
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": t.STATE_PARTITION_KEY, "KeyType": "HASH"}],
+        AttributeDefinitions=strings(t.STATE_PARTITION_KEY),
+    )
+    boto3.client("events").create_event_bus(Name=NAMES.event_bus)
+    sqs = boto3.client("sqs")
+    for kind in KINDS:
+        sqs.create_queue(QueueName=NAMES.queue(kind))
+
+
+def _store_secret(sandbox: ZohoSandbox) -> str:
+    name = NAMES.connection_secret("default")
+    value = {
+        "client_id": sandbox.client_id,
+        "client_secret": sandbox.client_secret,
+        "refresh_token": sandbox.refresh_token,
+        "accounts_url": sandbox.url,
+    }
+    boto3.client("secretsmanager").create_secret(Name=name, SecretString=json.dumps(value))
+    return name
+
+
+def sqs_wait(outcome: ImportOutcome) -> float:
+    """Message visibility is whole seconds: crm_to_books.batch sets `ceil(retry_after)`."""
+    return math.ceil(outcome.retry_after or 1.0)
+
+
+@dataclass
+class Drained:
+    outcomes: list[ImportOutcome] = field(default_factory=list)
+    retries: int = 0  # retry_later answers (limiter denials, leases held by others)
+
+    def count(self, result: str) -> int:
+        return sum(o.result == result for o in self.outcomes)
+
+
+def run_workers(
+    importers: Sequence[Importer],
+    requests: Sequence[ImportRequest],
+    deadline: float,
+    *,
+    wait: Callable[[ImportOutcome], float] = sqs_wait,
+    pace: float = 0.0,
+) -> Drained:
+    """One thread per container, taking requests in turn, as queue pollers do.
+
+    A `retry_later` waits `wait(outcome)` and tries again (by default as SQS hands a message
+    back after its visibility timeout). `pace` spaces a worker's imports. Stops at `deadline`
+    (monotonic): what is not finished by then is left out.
+    """
+    todo = iter(requests)
+    lock = threading.Lock()
+    done = Drained()
+
+    def next_request() -> ImportRequest | None:
+        with lock:
+            return next(todo, None)
+
+    def work(importer: Importer) -> None:
+        while (request := next_request()) is not None:
+            while time.monotonic() < deadline:
+                outcome = importer.run(request)
+                with lock:
+                    if outcome.result != "retry_later":
+                        done.outcomes.append(outcome)
+                        break
+                    done.retries += 1
+                time.sleep(max(0.0, min(wait(outcome), deadline - time.monotonic())))
+            if time.monotonic() >= deadline:
+                return
+            if pace:
+                time.sleep(pace)
+
+    with ThreadPoolExecutor(len(importers), thread_name_prefix="container") as pool:
+        for future in [pool.submit(work, i) for i in importers]:
+            future.result()
+    return done
