@@ -254,6 +254,11 @@ class ApiGateway:
         started = time.monotonic()
         url = urlsplit(request.path)
         path = unquote(url.path)
+        # API Gateway's own URL carries the stage (`/prod/v1/...`), and so does every
+        # `Location` the API hands out: serve both forms, as a custom domain and the default do.
+        stage_prefix = f"/{self.stage}/"
+        if path.startswith(stage_prefix):
+            path = path[len(stage_prefix) - 1 :]
         route, params = next(
             ((r, p) for r in self.routes if (p := r.match(request.command, path)) is not None),
             (None, None),

@@ -228,8 +228,11 @@ class FunctionPool:
             while True:
                 if self._closed:
                     raise RuntimeStopped(self.name)
-                if self._idle:
-                    return self._idle.pop()
+                while self._idle:
+                    container = self._idle.pop()
+                    if container.alive:
+                        return container
+                    self._all.discard(container)  # killed while idle, like a reclaimed one
                 if len(self._all) + self._starting < self.config.max_containers:
                     self._starting += 1
                     return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Collection, Mapping
 from typing import Annotated, Any
 
@@ -138,7 +139,7 @@ def build_app(importer: ImporterLike, import_kinds: Collection[str] = ()) -> API
     @app.not_found
     def no_route(exc: NotFoundError) -> Response[dict[str, Any]]:
         event = app.current_event
-        return error_response(NotFound(f"path: no route {event.http_method} {event.path}"))
+        return error_response(unroutable(event.http_method, event.path))
 
     return app
 
@@ -265,6 +266,29 @@ def _service_routes(app: APIGatewayRestResolver, importer: ImporterLike) -> None
         return Response(200, JSON, document[0])
 
 
+# Our routes' shapes with any segment: a path of that shape that no route matched has a kind or
+# an id with characters the router does not take (a NUL, a newline, a quote, ...).
+ID_RULE = "must be a string of 1 to 19 digits"
+_ROUTE_SHAPES = (
+    ("POST", re.compile(r"/v1/crm/(?P<kind>[^/]+)/(?P<crm_id>[^/]+)/import/?")),
+    ("GET", re.compile(r"/v1/imports/(?P<kind>[^/]+)/(?P<crm_id>[^/]+)/?")),
+)
+
+
+def unroutable(method: str, path: str) -> ServiceError:
+    """Why no route took `method path`: the field at fault when the path has one of our routes'
+    shapes, else no such route. Echoes only the start of what the caller sent."""
+    for shape_method, shape in _ROUTE_SHAPES:
+        found = shape.fullmatch(path)
+        if found and method == shape_method:
+            kind, crm_id = found["kind"], found["crm_id"]
+            if kind not in KINDS:
+                kinds = ", ".join(KINDS)
+                return InvalidRequest("kind", f"must be one of {kinds}, got {kind[:40]!r}")
+            return InvalidRequest("crm_id", f"{ID_RULE}, got {crm_id[:40]!r}")
+    return NotFound(f"path: no route {method[:10]} {path[:100]}")
+
+
 def _invalid(exc: RequestValidationError) -> Response[dict[str, Any]]:
     return error_response(invalid_request(exc))
 
@@ -300,7 +324,7 @@ def invalid_request(exc: RequestValidationError) -> InvalidRequest:
     if kind == "missing":
         reason = "is required"
     elif kind == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:
-        reason = "must be a string of 1 to 19 digits"
+        reason = ID_RULE
     elif (
         kind == "string_pattern_mismatch" and ctx.get("pattern") == triggers.CORRELATION_ID_PATTERN
     ):

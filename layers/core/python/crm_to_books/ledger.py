@@ -118,6 +118,7 @@ class Ledger:
             "lease_until": now + lease_seconds,
             "updated_at": iso(now),
             "parked": False,
+            "in_dlq": False,  # a new attempt: whatever dead-lettered it is behind it
         }
         names = {f"#{k}": k for k in sets}
         values = {f":{k}": v for k, v in sets.items()}

@@ -31,7 +31,6 @@ from crm_to_books.observability import logger, metrics, tracer
 from crm_to_books.settings import Organization, Settings, get_settings
 from crm_to_books.tokens import TokenProvider, TokenUnavailable
 from crm_to_books.topology import (
-    FUNCTION_TIMEOUT_SECONDS,
     METRIC_IMPORT_FAILED,
     METRIC_IMPORT_SUCCEEDED,
     METRIC_IMPORTS,
@@ -44,7 +43,6 @@ from crm_to_books.topology import (
 from crm_to_books.zoho import AccessToken, Category, ZohoAnswer, ZohoClient
 
 Result = Literal["imported", "already_imported", "failed", "retry_later"]
-LEASE_SECONDS = FUNCTION_TIMEOUT_SECONDS + 10  # outlives any attempt a function can make
 BROKEN_RECHECK_SECONDS = 300.0
 PARK_AFTER_SECONDS = 900.0  # longer waits than SQS's 15-minute delay are parked in the ledger
 MAX_BACKOFF_SECONDS = 900.0
@@ -116,9 +114,10 @@ class Importer:
         """Import now. `last_delivery`: the queue will dead-letter the message if this fails.
         `hold=False` (a synchronous caller that will retry by itself): when rate-limited, the
         ledger keeps no trace of this attempt instead of a `retrying` record nobody owns."""
+        s = self.settings
         entity = get_entity(request.kind)
-        org = self.settings.organization(request.organization_id)
-        state = self.ledger.begin(request, uuid.uuid4().hex, LEASE_SECONDS)
+        org = s.organization(request.organization_id)
+        state = self.ledger.begin(request, uuid.uuid4().hex, s.attempt_lease_seconds)
         if isinstance(state, AlreadySucceeded):
             books_id = state.record.books_id
             known = {entity.books_id_key: books_id} if books_id else {}

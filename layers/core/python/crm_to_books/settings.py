@@ -46,6 +46,8 @@ class Settings(BaseModel):
     zoho_read_timeout: float = Field(default=12.0, gt=0, le=120)
     token_refresh_margin_seconds: float = Field(default=300.0, ge=0, le=3000)
     token_wait_seconds: float = Field(default=8.0, ge=0, le=60)
+    # How long an attempt holds a record: longer than any attempt a function can make.
+    attempt_lease_seconds: float = Field(default=40.0, ge=1, le=900)
     ledger_retention_days: int = Field(default=0, ge=0, description="0 keeps records forever")
 
     @field_validator("import_kind")
