@@ -321,3 +321,31 @@ def test_the_hot_path_makes_four_aws_calls_and_an_already_imported_record_one(
 
     assert sorted(first_time) == ["PutEvents", "PutItem", "TransactWriteItems", "UpdateItem"]
     assert calls == ["UpdateItem"]
+
+
+def test_a_slot_that_frees_within_a_second_is_waited_for_once_instead_of_requeued(
+    sandbox: ZohoSandbox, settings: Any
+) -> None:
+    import time
+
+    from crm_to_books.settings import Organization
+
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    tight = settings.model_copy(
+        update={
+            "rate_window_seconds": 0.5,
+            "organizations": {ORG: Organization(requests_per_minute=1)},
+        }
+    )
+    importer = Importer(tight, sleep=sleep)
+    importer.run(request("item", sandbox.crm_ids["item"][0]))
+
+    outcome = importer.run(request("item", sandbox.crm_ids["item"][1]))
+
+    assert outcome.result == "imported"
+    assert len(waits) == 1 and 0 < waits[0] <= 1.0

@@ -46,6 +46,7 @@ Result = Literal["imported", "already_imported", "failed", "retry_later"]
 BROKEN_RECHECK_SECONDS = 300.0
 PARK_AFTER_SECONDS = 900.0  # longer waits than SQS's 15-minute delay are parked in the ledger
 MAX_BACKOFF_SECONDS = 900.0
+SHORT_WAIT_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -84,6 +85,7 @@ class Importer:
         events: OutcomePublisher | None = None,
         sqs: Any = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings or get_settings()
         s = self.settings
@@ -98,6 +100,7 @@ class Importer:
         self.events = events or OutcomePublisher(s.event_bus_name)
         self._sqs = sqs
         self._clock = clock
+        self._sleep = sleep
 
     @property
     def sqs(self) -> Any:
@@ -298,6 +301,11 @@ class Importer:
 
     def _permit(self, org: Organization, request: ImportRequest) -> Permit:
         got = self.limiter.acquire(request.organization_id, org)
+        if isinstance(got, Denied) and got.retry_after <= SHORT_WAIT_SECONDS and not got.parks:
+            # A slot frees within a second: one short wait here beats a trip through the
+            # queue, whose delays come in whole seconds (and Retry-After too). Once, no spin.
+            self._sleep(got.retry_after)
+            got = self.limiter.acquire(request.organization_id, org)
         if isinstance(got, Permit):
             return got
         raise _Stop(self._denied(got), rate_limited=True)
