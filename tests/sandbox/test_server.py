@@ -14,8 +14,9 @@ from crm_to_books_cli.sandbox import SandboxConfig, ZohoSandbox
 from crm_to_books_cli.sandbox.testing import access_token, wait_until
 
 
-def _handler_threads() -> int:
-    return sum("process_request_thread" in t.name for t in threading.enumerate())
+def _handler_threads(server) -> int:
+    """This sandbox's live request threads (other sandboxes may run in the same session)."""
+    return sum(t.is_alive() for t in list(server._handler_threads))
 
 
 def test_startup_info_and_seeded_ids(zoho_sandbox):
@@ -65,11 +66,12 @@ def test_stop_frees_the_port_and_ends_kept_alive_connections():
     port = int(sandbox.url.rsplit(":", 1)[1])
     http = requests.Session()
     assert http.get(f"{sandbox.url}/__sandbox/state", timeout=5).ok  # keeps a connection open
-    assert _handler_threads() >= 1
+    server = sandbox._server
+    assert _handler_threads(server) >= 1
 
     sandbox.stop()
 
-    assert _handler_threads() == 0
+    assert _handler_threads(server) == 0
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{sandbox.url}/__sandbox/state", timeout=5)
     sandbox.stop()  # idempotent
@@ -87,12 +89,13 @@ def test_stop_releases_requests_held_by_faults():
     )
     held.start()
     wait_until(lambda: sandbox.counters()["in_flight"][sandbox.organizations[0]] == 1)
+    server = sandbox._server
 
     sandbox.stop()
     held.join(5)
 
     assert not held.is_alive()
-    assert _handler_threads() == 0
+    assert _handler_threads(server) == 0
 
 
 def test_context_manager_and_fixed_port():
