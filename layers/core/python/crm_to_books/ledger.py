@@ -419,7 +419,13 @@ class Ledger:
                 values[":k"] = f"{kind}#"
         query["ExpressionAttributeValues"] = dynamo.dump_values(values)
         if cursor:
-            query["ExclusiveStartKey"] = _decode_cursor(cursor)
+            # A cursor continues this query only: same organization (and status), string keys.
+            bound = (
+                {"org_status": f"{organization_id}#{status}"}
+                if status
+                else {"pk": f"ORG#{organization_id}"}
+            )
+            query["ExclusiveStartKey"] = _decode_cursor(cursor, bound)
         answer = self.client.query(**query)
         records = [to_record(dynamo.load(i) or {}) for i in answer.get("Items", [])]
         last = answer.get("LastEvaluatedKey")
@@ -470,15 +476,19 @@ def _encode_cursor(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> dict[str, Any]:
+def _decode_cursor(cursor: str, bound: dict[str, str]) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         key = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise InvalidRequest("cursor", "is not a cursor this API returned") from None
-    if not isinstance(key, dict) or not all(
-        isinstance(v, dict) and len(v) == 1 and isinstance(next(iter(v.values())), str)
-        for v in key.values()
+    if (
+        not isinstance(key, dict)
+        or not all(
+            isinstance(v, dict) and set(v) == {"S"} and isinstance(v["S"], str)
+            for v in key.values()
+        )
+        or any(key.get(name, {}).get("S") != value for name, value in bound.items())
     ):
         raise InvalidRequest("cursor", "is not a cursor this API returned")
     return key
