@@ -451,6 +451,8 @@ class Importer:
         return float(min(MAX_BACKOFF_SECONDS, 5 * 2 ** min(tries, 8)) * random.uniform(0.8, 1.2))
 
     def _complete(self, claim: Claim, done: Completion, permit: Permit | None) -> ImportRecord:
+        if done.status is Status.RETRYING and claim.needs_lookup:
+            done.needs_lookup = True  # an attempt that ended before its look-up keeps the duty
         done.extra["retries"] = (
             0 if done.status is not Status.RETRYING else int(claim.item.get("retries", 0))
         )
