@@ -300,7 +300,7 @@ def books_ids(sandbox: ZohoSandbox, organization_id: str) -> dict[tuple[str, str
         while True:
             response = requests.get(
                 f"{sandbox.url}/books/v3/{path}",
-                params={"organization_id": organization_id, "page": page, "per_page": 200},
+                params={"organization_id": organization_id, "page": str(page), "per_page": "200"},
                 headers=headers,
                 timeout=TIMEOUT,
             )

@@ -411,7 +411,7 @@ def http_request(
     """The request line exactly as given (no client normalizing "..", re-encoding or
     refusing odd characters)."""
     url = urlsplit(stack.api_url)
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=TIMEOUT)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=TIMEOUT)
     try:
         connection.putrequest(method, target, skip_accept_encoding=True)
         for name, value in (headers or {}).items():
@@ -427,7 +427,7 @@ def http_request(
 def raw_socket_request(stack: LocalStack, request: bytes) -> RawResponse:
     """Bytes no HTTP client would send (a folded header line)."""
     url = urlsplit(stack.api_url)
-    with socket.create_connection((url.hostname, url.port), timeout=TIMEOUT) as sock:
+    with socket.create_connection((url.hostname or "", url.port or 0), timeout=TIMEOUT) as sock:
         sock.sendall(request)
         data = b""
         while chunk := sock.recv(65536):

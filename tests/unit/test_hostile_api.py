@@ -43,7 +43,8 @@ kinds = st.sampled_from([*KINDS, "invoice", "Account", "account#1"]) | st.text(m
 def resolve(event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
     importer = FakeImporter()
     app = api.build_app(importer, import_kinds=KINDS)
-    raw = app.resolve(event, LambdaContext())
+    context: Any = LambdaContext()
+    raw = app.resolve(event, context)
     body = json.loads(raw["body"])
     touched = [name for name in importer.names() if name in {"run", "accept", "enqueue"}]
     return raw["statusCode"], body, {"touched": ",".join(touched)}

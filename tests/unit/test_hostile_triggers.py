@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,6 +58,17 @@ bodies = st.one_of(
 )
 
 
+def process(record: dict[str, Any], importer: FakeImporter, sqs: FakeSqs) -> Any:
+    context: Any = LambdaContext()
+    return batch.process_batch(
+        sqs_event(record),
+        context,
+        importer=importer,
+        kind="account",
+        sqs=sqs,  # type: ignore[arg-type]
+    )
+
+
 def assert_valid(request: ImportRequest) -> None:
     assert request.kind == "account"
     assert ID.fullmatch(request.organization_id) and ID.fullmatch(request.crm_id)
@@ -81,15 +93,14 @@ def test_a_poison_message_is_deleted_never_imported_retried_or_requeued(
 ) -> None:
     importer, sqs = FakeImporter(), FakeSqs()
     record = sqs_record(body, correlation_id=correlation_id or None)
+    request: ImportRequest | None
     try:
-        request: ImportRequest | None = triggers.from_sqs_record(record, "account")
+        request = triggers.from_sqs_record(record, "account")
         importer.settings.organization(request.organization_id)
     except (InvalidRequest, UnknownOrganization):  # poison, either way
         request = None
 
-    answer = batch.process_batch(
-        sqs_event(record), LambdaContext(), importer=importer, kind="account", sqs=sqs
-    )  # type: ignore[arg-type]
+    answer = process(record, importer, sqs)
 
     if request is None:
         assert answer == {"batchItemFailures": []}
@@ -106,9 +117,7 @@ def test_a_body_nested_past_the_json_parser_is_refused_not_crashed() -> None:
     record = sqs_record('{"crm_id": ' + "[" * 100_000 + "]" * 100_000 + "}")
     importer = FakeImporter()
 
-    answer = batch.process_batch(
-        sqs_event(record), LambdaContext(), importer=importer, kind="account", sqs=FakeSqs()
-    )  # type: ignore[arg-type]
+    answer = process(record, importer, FakeSqs())
 
     assert answer == {"batchItemFailures": []}
     assert importer.names() == []  # nothing to record: it names no key
