@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Before any boto3 client exists: fake credentials, a fixed region, no metadata look-ups.
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing",
@@ -19,3 +21,10 @@ os.environ.update(
 )
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests run last, so their session-wide local stacks (in-process emulator,
+    SQS pollers) start after, and stop right after, everything else: nothing of theirs runs
+    alongside a functional test's in-process moto."""
+    items.sort(key=lambda item: "/tests/e2e/" in str(item.path))

@@ -331,10 +331,11 @@ def test_a_slot_that_frees_within_a_second_is_waited_for_once_instead_of_requeue
     from crm_to_books.settings import Organization
 
     waits: list[float] = []
+    now = [time.time()]  # the clock moves only when the importer sleeps
 
     def sleep(seconds: float) -> None:
         waits.append(seconds)
-        time.sleep(seconds)
+        now[0] += seconds
 
     tight = settings.model_copy(
         update={
@@ -342,7 +343,7 @@ def test_a_slot_that_frees_within_a_second_is_waited_for_once_instead_of_requeue
             "organizations": {ORG: Organization(requests_per_minute=1)},
         }
     )
-    importer = Importer(tight, sleep=sleep)
+    importer = Importer(tight, clock=lambda: now[0], sleep=sleep)
     importer.run(request("item", sandbox.crm_ids["item"][0]))
 
     outcome = importer.run(request("item", sandbox.crm_ids["item"][1]))
