@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from crm_to_books.models import ImportRequest
 from crm_to_books.pipeline import Importer, ImportOutcome
 from crm_to_books.settings import Organization
@@ -116,3 +118,24 @@ def test_a_container_taking_the_lease_just_after_a_refresh_uses_that_token(
     assert second._refresh_holding_lease("default") == token
 
     assert sandbox.counters()["token_requests"]["total"] == 1
+
+
+def test_a_container_taking_the_lease_just_after_a_refusal_does_not_ask_zoho_again(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    """Both saw "no token"; the first was refused (revoked refresh token), marked the connection
+    broken and let go; the second gets the lease next. It must see "broken", give the lease
+    back and not spend another token request."""
+    from crm_to_books.errors import ConnectionBroken
+
+    sandbox.revoke_refresh_token()
+    first, second = new_importer().tokens, new_importer().tokens
+    with pytest.raises(ConnectionBroken):
+        first.get("default")
+
+    assert second._take_lease("default", time.time())
+    with pytest.raises(ConnectionBroken):
+        second._refresh_holding_lease("default")
+
+    assert sandbox.counters()["token_requests"]["total"] == 1
+    assert "lease_until" not in second._read("default")  # the lease was given back

@@ -251,8 +251,15 @@ class TokenProvider:
     ) -> AccessToken:
         """Read again under the lease: the caller that held it before may have just refreshed
         (both read "no token", it refreshed and let go, we took the lease). Then use its token;
-        otherwise refresh from what is there now, so the refresh log is never stale."""
+        otherwise refresh from what is there now, so the refresh log is never stale. If it
+        marked the connection broken or throttled meanwhile, give the lease back and say so:
+        Zoho is not asked again with a refused refresh token or inside its block."""
         item = self._read(connection)
+        try:
+            self._raise_if_unusable(connection, item, self._clock())
+        except (ConnectionBroken, TokenUnavailable):
+            self._finish(connection, {}, _recent(item, self._clock()))
+            raise
         shared = _token_of(item)
         wanted = (
             self._settings.token_refresh_margin_seconds if fresh_enough is None else fresh_enough
