@@ -266,6 +266,22 @@ def test_a_rejected_request_names_the_field_and_reaches_nothing(
     assert importer.calls == []
 
 
+def test_an_import_with_a_body_is_refused_and_reaches_nothing(
+    app: Any, importer: FakeImporter
+) -> None:
+    event = api_event("POST", import_path(), {"organization_id": ORG})
+    event["body"] = '{"contact_name": "Acme"}'  # written for some other API: Zoho's takes none
+
+    answer = Answer(app.resolve(event, LambdaContext()))
+
+    assert answer.status == 400
+    assert answer.body == {
+        "code": 1100,
+        "message": "body: must be empty: the import takes no request body",
+    }
+    assert importer.calls == []
+
+
 # --- GET /v1/imports/{kind}/{crm_id} and /v1/imports --------------------------------------------
 def test_one_record_is_read_from_the_ledger(app: Any) -> None:
     call(app, "POST", import_path(), {"organization_id": ORG}, {"Prefer": "respond-async"})
