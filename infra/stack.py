@@ -107,6 +107,7 @@ class CrmToBooksStack(Stack):
             queue_urls={kind: queue.queue_url for kind, (queue, _) in queues.items()},
         )
         storage.grant_ledger_read_write(redrive.role)
+        storage.grant_state_read(redrive.role)  # is a connection still broken? (no secrets)
         for queue, _ in queues.values():
             queue.grant_send_messages(redrive.role)
 

@@ -62,6 +62,9 @@ class Storage(Construct):
     def grant_ledger_read_write(self, grantee: iam.IGrantable) -> None:
         self._grant(grantee, self.ledger, READ + WRITE, index=topology.LEDGER_STATUS_INDEX)
 
+    def grant_state_read(self, grantee: iam.IGrantable) -> None:
+        self._grant(grantee, self.state, READ)
+
     def grant_state_read_write(self, grantee: iam.IGrantable) -> None:
         self._grant(grantee, self.state, READ + WRITE + DELETE)
 

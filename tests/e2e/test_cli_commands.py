@@ -292,6 +292,8 @@ def test_connect_stores_a_new_refresh_token_and_prints_no_secret(
     assert out == (
         f"connected: connection default, data centre {sandbox.url}, "
         f"refresh token stored in secret {secret_id}\n"
+        "imports parked on this connection resume after the token keeper's and the re-drive "
+        "job's next runs (every 5 minutes)\n"
     )
     after = json.loads(secrets.get_secret_value(SecretId=secret_id)["SecretString"])
     assert set(after) == {"client_id", "client_secret", "refresh_token", "accounts_url"}

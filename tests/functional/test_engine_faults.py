@@ -157,6 +157,34 @@ def test_a_revoked_refresh_token_parks_imports_until_the_connection_is_replaced(
     assert [o.result for o in done] == ["imported", "imported"]
 
 
+def test_imports_parked_on_a_broken_connection_resume_once_the_token_keeper_sees_it_fixed(
+    sandbox: ZohoSandbox, settings: Any
+) -> None:
+    importer = Importer(settings)
+    sandbox.revoke_refresh_token()
+    ids = sandbox.crm_ids["contact"][:2]
+    assert all(importer.run(request("contact", c, source="sqs")).parked for c in ids)
+
+    # The re-drive job (a container of its own) leaves them while the connection is broken...
+    assert Importer(settings).redrive_due() == 0
+    keeper = Importer(settings)  # the token keeper's warm container
+    assert [r["status"] for r in keeper.keep_tokens_fresh()] == ["broken"]
+
+    # ...and resumes them on its first run after the operator connected and the token keeper
+    # (which reads the secrets; the re-drive job does not) saw the new refresh token: not
+    # 5 minutes after each was parked.
+    refresh, _ = importer.zoho.exchange_grant_code(
+        sandbox.url, sandbox.client_id, sandbox.client_secret, sandbox.issue_grant_code()
+    )
+    put_connection(sandbox, refresh)
+    assert Importer(settings).redrive_due() == 0
+    assert [r["status"] for r in keeper.keep_tokens_fresh()] == ["refreshed"]
+    assert Importer(settings).redrive_due() == 2
+    done = [Importer(settings).run(request("contact", c, source="redrive")) for c in ids]
+    assert [o.result for o in done] == ["imported", "imported"]
+    assert [records_of(sandbox, "contact", c) for c in ids] == [1, 1]
+
+
 def test_zoho_token_throttling_is_waited_out_not_spun_on(
     sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
 ) -> None:

@@ -99,6 +99,12 @@ def test_redrive_writes_the_ledger_and_sends_to_every_kind_queue(synth):
     assert {"dynamodb:Query", "dynamodb:UpdateItem"} <= synth.actions_on(
         statements, _table(synth, synth.names.ledger_table)
     )
+    # It reads whether a connection is still broken, and writes nothing there.
+    assert synth.actions_on(statements, _table(synth, synth.names.state_table)) == {
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:Query",
+    }
     for spec in topology.IMPORT_FUNCTIONS:
         queue = synth.queue(synth.names.queue(spec.kind))
         assert "sqs:SendMessage" in synth.actions_on(statements, queue)

@@ -13,9 +13,12 @@ import json
 import sys
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from crm_to_books import topology
 from crm_to_books.zoho import DATA_CENTRES, TokenError, ZohoClient
 from crm_to_books_cli import target
-from crm_to_books_cli.target import CliError
+from crm_to_books_cli.target import CliError, Target
 
 ADVICE = {
     "invalid_code": "the grant code expired (they live a few minutes) or was already used: "
@@ -113,4 +116,43 @@ def run(args: argparse.Namespace) -> int:
         f"connected: connection {args.connection}, data centre {args.data_centre}, "
         f"refresh token stored in secret {secret_id}"
     )
+    print(resume_parked(where, args.connection))
     return 0
+
+
+def resume_parked(where: Target, connection: str) -> str:
+    """Have the token keeper check the connection now (it reads the new secret and clears the
+    broken mark), then start the re-drive job, whose run re-enqueues every import parked on
+    the connection. Without this (or locally) the two schedules do it within minutes."""
+    later = (
+        "imports parked on this connection resume after the token keeper's and the re-drive "
+        f"job's next runs (every {topology.TOKEN_KEEPER_RATE_MINUTES} minutes)"
+    )
+    if where.local:
+        return later
+    keeper = where.names.function(topology.TOKEN_KEEPER)
+    redrive = where.names.function(topology.REDRIVE)
+    lambda_ = where.client("lambda")
+    try:
+        answer = lambda_.invoke(FunctionName=keeper, Payload=b"{}")
+        result = json.loads(answer["Payload"].read() or b"{}")
+        if answer.get("FunctionError"):
+            return f"{later}; the token keeper {keeper} failed now: see its logs"
+        checked = {str(c.get("connection")): c for c in result.get("connections", [])}
+        if connection not in checked:
+            return f"the stack does not use connection {connection}: its configuration lists " + (
+                ", ".join(sorted(checked)) or "none"
+            )
+        status = str(checked[connection].get("status"))
+        if status in {"broken", "throttled"}:
+            detail = checked[connection].get("detail")
+            return f"{later}; the token keeper {keeper} says the connection is {status}: {detail}"
+        lambda_.invoke(FunctionName=redrive, InvocationType="Event", Payload=b"{}")
+    except ClientError as exc:
+        return f"{later}; starting them now failed ({exc.response['Error'].get('Code')})"
+    except BotoCoreError as exc:
+        return f"{later}; starting them now failed ({type(exc).__name__})"
+    return (
+        f"the token keeper {keeper} found the connection working ({status}); re-drive job "
+        f"{redrive} started: imports parked on it resume now"
+    )

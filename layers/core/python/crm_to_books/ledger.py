@@ -13,7 +13,7 @@ import binascii
 import builtins
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -431,13 +431,20 @@ class Ledger:
         last = answer.get("LastEvaluatedKey")
         return records, _encode_cursor(last) if last else None
 
-    def due(self, organization_id: str) -> builtins.list[ImportRecord]:
-        """Parked records whose time has come."""
+    def due(
+        self, organization_id: str, early_categories: Iterable[str] = ()
+    ) -> builtins.list[ImportRecord]:
+        """Parked records whose time has come, and those parked for an error category in
+        `early_categories` whatever their time (the cause is known to be gone)."""
+        condition = "next_attempt_epoch <= :now"
+        values: dict[str, Any] = {":t": True, ":now": self._clock()}
+        early = sorted(set(early_categories))
+        if early:
+            names = ", ".join(f":c{i}" for i in range(len(early)))
+            condition = f"({condition} OR last_error.category IN ({names}))"
+            values |= {f":c{i}": category for i, category in enumerate(early)}
         return self._query_index(
-            organization_id,
-            Status.RETRYING,
-            "parked = :t AND next_attempt_epoch <= :now",
-            {":t": True, ":now": self._clock()},
+            organization_id, Status.RETRYING, f"parked = :t AND {condition}", values
         )
 
     def abandoned(self, organization_id: str, grace: float = 60.0) -> builtins.list[ImportRecord]:

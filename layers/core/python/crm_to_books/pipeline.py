@@ -44,6 +44,7 @@ from crm_to_books.zoho import AccessToken, Category, ZohoAnswer, ZohoClient
 
 Result = Literal["imported", "already_imported", "failed", "retry_later"]
 BROKEN_RECHECK_SECONDS = 300.0
+CONNECTION_BROKEN = "connection_broken"  # the error category of imports parked on one
 PARK_AFTER_SECONDS = 900.0  # longer waits than SQS's 15-minute delay are parked in the ledger
 MAX_BACKOFF_SECONDS = 900.0
 SHORT_WAIT_SECONDS = 1.0
@@ -282,7 +283,7 @@ class Importer:
                     Status.RETRYING,
                     parked=True,
                     next_attempt_at=now + BROKEN_RECHECK_SECONDS,
-                    error=ImportError_(message=exc.message, category="connection_broken"),
+                    error=ImportError_(message=exc.message, category=CONNECTION_BROKEN),
                     detail=f"Parked: {exc.message} It resumes by itself once the connection works.",
                 )
             ) from None
@@ -512,12 +513,18 @@ class Importer:
         return self.ledger.reject(organization_id, kind, crm_id, source, reason)
 
     def redrive_due(self) -> int:
-        """Re-enqueue parked imports whose time has come (daily cap reset, connection fixed),
-        and imports whose attempt died with nobody to retry them (the import then starts with
-        a look-up, so it cannot be duplicated)."""
+        """Re-enqueue parked imports whose time has come (daily cap reset, token block over),
+        those parked on a broken connection as soon as it works again (`crm-to-books connect`
+        replaced its refresh token), and imports whose attempt died with nobody to retry them
+        (the import then starts with a look-up, so it cannot be duplicated)."""
         sent = 0
-        for organization_id in self.settings.organizations:
-            due = [r for r in self.ledger.due(organization_id) if self.ledger.unpark(r)]
+        repaired = {
+            name: self.tokens.usable(name)
+            for name in {org.connection for org in self.settings.organizations.values()}
+        }
+        for organization_id, org in self.settings.organizations.items():
+            early = [CONNECTION_BROKEN] if repaired[org.connection] else []
+            due = [r for r in self.ledger.due(organization_id, early) if self.ledger.unpark(r)]
             for record in [*due, *self.ledger.abandoned(organization_id)]:
                 if record.kind not in self.settings.queue_urls:
                     continue

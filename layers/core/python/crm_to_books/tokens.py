@@ -132,7 +132,9 @@ class TokenProvider:
                 raise  # a newer token is already there: keep it
 
     def keep_fresh(self, connection: str, ahead_seconds: float) -> dict[str, str]:
-        """The token keeper's job: refresh if the token expires within `ahead_seconds`."""
+        """The token keeper's job: refresh if the token expires within `ahead_seconds`. A broken
+        connection's secret is read again on every run: this is where it heals."""
+        self._secret_checked.pop(connection, None)
         now = self._clock()
         item = self._read(connection)
         try:
@@ -165,6 +167,13 @@ class TokenProvider:
             "status": "refreshed",
             "detail": f"valid for {int(token.valid_for(self._clock()))} s",
         }
+
+    def usable(self, connection: str) -> bool:
+        """Whether imports on this connection can get a token now, by the shared state alone:
+        not marked broken, not inside Zoho's token block. Reads no secret and asks Zoho nothing
+        (the token keeper, which reads the secrets, heals a connection whose secret changed)."""
+        item = self._read(connection)
+        return not item.get("broken") and float(item.get("throttled_until") or 0) <= self._clock()
 
     # --- internals --------------------------------------------------------------------------
     def _read(self, connection: str) -> dict[str, Any]:
