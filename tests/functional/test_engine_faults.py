@@ -182,6 +182,7 @@ def test_imports_parked_on_a_broken_connection_resume_once_the_token_keeper_sees
     assert Importer(settings).redrive_due() == 2
     done = [Importer(settings).run(request("contact", c, source="redrive")) for c in ids]
     assert [o.result for o in done] == ["imported", "imported"]
+    assert [o.record.sources for o in done] == [["redrive", "sqs"]] * 2
     assert [records_of(sandbox, "contact", c) for c in ids] == [1, 1]
 
 

@@ -67,6 +67,10 @@ def test_the_redrive_job_re_enqueues_imports_parked_until_now(
 
     assert redrive_fn.handler(SCHEDULE, context, importer=later) == {"redriven": 1}
 
-    got = boto3.client("sqs").receive_message(QueueUrl=aws_world["queue_urls"]["contact"])
+    got = boto3.client("sqs").receive_message(
+        QueueUrl=aws_world["queue_urls"]["contact"], MessageAttributeNames=["All"]
+    )
     [message] = got["Messages"]
     assert json.loads(message["Body"]) == {"organization_id": ORG, "crm_id": "9001"}
+    # The import function will record who sent it: the record's sources gain "redrive".
+    assert message["MessageAttributes"]["source"]["StringValue"] == "redrive"

@@ -65,6 +65,21 @@ def test_an_sqs_record_without_correlation_attribute_uses_its_message_id() -> No
     assert triggers.from_sqs_record(record, "account").correlation_id == record["messageId"]
 
 
+@pytest.mark.parametrize(
+    ("attribute", "source"),
+    [("redrive", "redrive"), ("cli", "cli"), ("http", "http"), ("eventbridge", "sqs"),
+     ("anything", "sqs"), (None, "sqs")],
+)  # fmt: skip
+def test_a_plain_message_takes_its_source_from_the_source_attribute(
+    attribute: str | None, source: str
+) -> None:
+    record = sqs_record({"organization_id": ORG, "crm_id": CRM})
+    if attribute is not None:
+        record["messageAttributes"]["source"] = {"stringValue": attribute, "dataType": "String"}
+
+    assert triggers.from_sqs_record(record, "account").source == source
+
+
 def test_an_eventbridge_event_delivered_through_sqs_parses_from_its_detail() -> None:
     record = load("sqs_record_eventbridge")
     request = triggers.from_sqs_record(record, "account")

@@ -178,7 +178,8 @@ def _send(sqs: Any, url: str, batch: dict[str, Row], run_id: str) -> None:
                     {"organization_id": row.request.organization_id, "crm_id": row.request.crm_id}
                 ),
                 "MessageAttributes": {
-                    "correlation_id": {"DataType": "String", "StringValue": run_id}
+                    "correlation_id": {"DataType": "String", "StringValue": run_id},
+                    "source": {"DataType": "String", "StringValue": "cli"},
                 },
             }
             for line, row in left.items()

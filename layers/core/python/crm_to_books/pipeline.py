@@ -492,7 +492,7 @@ class Importer:
             from crm_to_books.errors import ConfigurationError
 
             raise ConfigurationError(f"QUEUE_URLS has no queue for kind {request.kind!r}")
-        attributes = {}
+        attributes = {"source": {"DataType": "String", "StringValue": request.source}}
         if request.correlation_id:
             attributes["correlation_id"] = {
                 "DataType": "String",

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
 
 from crm_to_books.errors import InvalidRequest
-from crm_to_books.models import ImportRequest
+from crm_to_books.models import ImportRequest, Source
 from crm_to_books.topology import DETAIL_IMPORT_REQUESTED
 
 CORRELATION_HEADER = "X-Correlation-Id"
@@ -25,6 +25,7 @@ CORRELATION_ID_PATH = (
     " || Records[0].messageId || id"
 )
 
+_SOURCES = frozenset(get_args(Source)) - {"eventbridge"}  # an event says so by its shape
 _CORRELATION_ID = re.compile(CORRELATION_ID_PATTERN)  # fullmatch: `$` alone lets a "\n" end it
 
 
@@ -85,7 +86,7 @@ def from_sqs_record(record: Mapping[str, Any], queue_kind: str) -> ImportRequest
         kind=queue_kind,
         organization_id=body.get("organization_id"),
         crm_id=body.get("crm_id"),
-        source="sqs",
+        source=_message_source(record),
         correlation_id=_message_id(record),
     )
 
@@ -170,6 +171,14 @@ def _from_eventbridge(
             "detail.kind", f"this queue takes {queue_kind} imports, got {request.kind!r}"
         )
     return request
+
+
+def _message_source(record: Mapping[str, Any]) -> Source:
+    """Who queued the message: the `source` attribute (the re-drive job, the async HTTP path and
+    `crm-to-books bulk` set it) when it names a source, else "sqs"."""
+    attribute = (record.get("messageAttributes") or {}).get("source") or {}
+    value = attribute.get("stringValue") if isinstance(attribute, dict) else None
+    return value if value in _SOURCES else "sqs"  # type: ignore[return-value]
 
 
 def _message_id(record: Mapping[str, Any]) -> str | None:
