@@ -12,6 +12,7 @@ from crm_to_books_cli.local import LocalStack
 from tests.e2e.helpers import Logs
 
 TIMEOUT = 30
+RECORD = "/v1/imports/{kind}/{crm_id}"
 
 
 def call(stack: LocalStack, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -89,6 +90,10 @@ def test_each_kind_routes_to_its_own_function(fake_stack: LocalStack, kind: str)
         ("/v1/imports", "/v1/imports", None),
         ("/v1/imports/item/55", "/v1/imports/{kind}/{crm_id}", {"kind": "item", "crm_id": "55"}),
         ("/v1/health", "/v1/health", None),
+        # The path is decoded once, like API Gateway: "%2541" arrives as "%41". (An encoded "/"
+        # splits a segment: no route, tests/e2e/test_hostile_input.py.)
+        ("/v1/imports/item/5%2541", RECORD, {"kind": "item", "crm_id": "5%41"}),
+        ("/v1/imports/it%65m/5", RECORD, {"kind": "item", "crm_id": "5"}),
     ],
 )
 def test_status_routes_reach_the_status_api(

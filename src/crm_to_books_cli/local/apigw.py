@@ -59,7 +59,7 @@ class Route:
         found = self.pattern.fullmatch(path)
         if found is None:
             return None
-        return {k.rstrip("+"): unquote(v) for k, v in found.groupdict().items()}
+        return {k.rstrip("+"): v for k, v in found.groupdict().items()}
 
 
 def sort_routes(routes: Iterable[Route]) -> list[Route]:
@@ -253,6 +253,8 @@ class ApiGateway:
     def _serve(self, request: BaseHTTPRequestHandler) -> None:
         started = time.monotonic()
         url = urlsplit(request.path)
+        # Decoded once, then matched, as API Gateway does: an encoded "/" splits a segment, and
+        # a path value is not decoded again ("%2541" arrives as "%41").
         path = unquote(url.path)
         # API Gateway's own URL carries the stage (`/prod/v1/...`), and so does every
         # `Location` the API hands out: serve both forms, as a custom domain and the default do.
