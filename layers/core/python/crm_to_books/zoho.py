@@ -281,33 +281,15 @@ class ZohoClient:
             response = self._session.request(
                 method, url, params=params, headers=headers, timeout=self._timeout
             )
-        except (requests.exceptions.ConnectTimeout, requests.exceptions.InvalidURL) as exc:
-            return ZohoAnswer(
-                Category.NOT_SENT,
-                None,
-                None,
-                _describe_exc(exc),
-                elapsed=time.perf_counter() - started,
+        except requests.RequestException as exc:
+            # Never sent (connect timeout, refused, bad URL): safe to retry as is. Anything else
+            # (read timeout, reset after sending): it may have happened, so look up first.
+            sent = not (
+                isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.InvalidURL)
+                or (isinstance(exc, requests.exceptions.ConnectionError) and _never_connected(exc))
             )
-        except requests.exceptions.ConnectionError as exc:
-            if _never_connected(exc):
-                return ZohoAnswer(
-                    Category.NOT_SENT,
-                    None,
-                    None,
-                    _describe_exc(exc),
-                    elapsed=time.perf_counter() - started,
-                )
             return ZohoAnswer(
-                Category.UNKNOWN,
-                None,
-                None,
-                _describe_exc(exc),
-                elapsed=time.perf_counter() - started,
-            )
-        except requests.RequestException as exc:  # read timeout and the like: it may have happened
-            return ZohoAnswer(
-                Category.UNKNOWN,
+                Category.UNKNOWN if sent else Category.NOT_SENT,
                 None,
                 None,
                 _describe_exc(exc),
