@@ -281,40 +281,22 @@ class Ledger:
     def mark_queued(self, request: ImportRequest) -> tuple[ImportRecord, bool]:
         """Accept an async request: `queued` unless it succeeded or is being imported now.
         Returns the record and whether the caller should enqueue it."""
-        now = self._clock()
         org, kind, crm_id = request.key
-        values = {
-            ":o": org,
-            ":k": kind,
-            ":c": crm_id,
-            ":s": Status.QUEUED.value,
-            ":os": f"{org}#{Status.QUEUED.value}",
-            ":now": iso(now),
-            ":f": False,
-            ":src": {request.source},
-            ":none": [],
-            ":cid": [request.correlation_id] if request.correlation_id else [],
-            ":failed": Status.FAILED.value,
-            ":retrying": Status.RETRYING.value,
-        }
         try:
-            answer = self.client.update_item(
-                TableName=self._table,
-                Key=dynamo.dump(_key(org, kind, crm_id)),
-                UpdateExpression=(
-                    "SET organization_id = :o, kind = :k, crm_id = :c, #status = :s, "
-                    "org_status = :os, updated_at = :now, "
-                    "created_at = if_not_exists(created_at, :now), "
-                    "parked = :f, attempts = if_not_exists(attempts, :zero), "
-                    "correlation_ids = list_append(if_not_exists(correlation_ids, :none), :cid) "
-                    "ADD sources :src"
-                ),
-                ConditionExpression=(
-                    "attribute_not_exists(pk) OR #status IN (:failed, :retrying, :s)"
-                ),
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=dynamo.dump_values({**values, ":zero": 0}),
-                ReturnValues="ALL_NEW",
+            answer = self._set_status(
+                org,
+                kind,
+                crm_id,
+                Status.QUEUED,
+                request.source,
+                condition="attribute_not_exists(pk) OR #status IN (:failed, :retrying, :s)",
+                more=", correlation_ids = list_append(if_not_exists(correlation_ids, :none), :cid)",
+                values={
+                    ":none": [],
+                    ":cid": [request.correlation_id] if request.correlation_id else [],
+                    ":failed": Status.FAILED.value,
+                    ":retrying": Status.RETRYING.value,
+                },
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
@@ -327,43 +309,72 @@ class Ledger:
         self, organization_id: str, kind: str, crm_id: str, source: str, reason: str
     ) -> ImportRecord | None:
         """Record a poison request as failed, unless the key already has a live record."""
-        now = iso(self._clock())
         error = ImportError_(message=reason, category="invalid")
         try:
-            answer = self.client.update_item(
-                TableName=self._table,
-                Key=dynamo.dump(_key(organization_id, kind, crm_id)),
-                UpdateExpression=(
-                    "SET organization_id = :o, kind = :k, crm_id = :c, #status = :s, "
-                    "org_status = :os, updated_at = :now, "
-                    "created_at = if_not_exists(created_at, :now), "
-                    "attempts = if_not_exists(attempts, :zero), last_error = :e, detail = :d, "
-                    "parked = :f ADD sources :src"
-                ),
-                ConditionExpression="attribute_not_exists(pk) OR #status = :s",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues=dynamo.dump_values(
-                    {
-                        ":o": organization_id,
-                        ":k": kind,
-                        ":c": crm_id,
-                        ":s": Status.FAILED.value,
-                        ":os": f"{organization_id}#{Status.FAILED.value}",
-                        ":now": now,
-                        ":zero": 0,
-                        ":e": error.model_dump(exclude_none=True),
-                        ":f": False,
-                        ":src": {source},
-                        ":d": f"Rejected: {reason}. Nothing was sent to Zoho.",
-                    }
-                ),
-                ReturnValues="ALL_NEW",
+            answer = self._set_status(
+                organization_id,
+                kind,
+                crm_id,
+                Status.FAILED,
+                source,
+                condition="attribute_not_exists(pk) OR #status = :s",
+                more=", last_error = :e, detail = :d",
+                values={
+                    ":e": error.model_dump(exclude_none=True),
+                    ":d": f"Rejected: {reason}. Nothing was sent to Zoho.",
+                },
             )
         except ClientError as exc:
             if not dynamo.condition_failed(exc):
                 raise
             return None
         return to_record(dynamo.load(answer["Attributes"]) or {})
+
+    def _set_status(
+        self,
+        organization_id: str,
+        kind: str,
+        crm_id: str,
+        status: Status,
+        source: str,
+        condition: str,
+        more: str,
+        values: dict[str, Any],
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Create or move a record to `status` (not parked) outside an attempt, if `condition`
+        holds, adding `source`; `more` and `values` set further attributes."""
+        return dict(
+            self.client.update_item(
+                TableName=self._table,
+                Key=dynamo.dump(_key(organization_id, kind, crm_id)),
+                UpdateExpression=(
+                    "SET organization_id = :o, kind = :k, crm_id = :c, #status = :s, "
+                    "org_status = :os, updated_at = :now, "
+                    "created_at = if_not_exists(created_at, :now), "
+                    f"attempts = if_not_exists(attempts, :zero), parked = :f{more} "
+                    "ADD sources :src"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=dynamo.dump_values(
+                    {
+                        ":o": organization_id,
+                        ":k": kind,
+                        ":c": crm_id,
+                        ":s": status.value,
+                        ":os": f"{organization_id}#{status.value}",
+                        ":now": iso(self._clock()),
+                        ":zero": 0,
+                        ":f": False,
+                        ":src": {source},
+                        **values,
+                    }
+                ),
+                ReturnValues="ALL_NEW",
+                **options,
+            )
+        )
 
     def unpark(self, record: ImportRecord) -> bool:
         """Take a parked record for re-enqueueing; False if someone else took it first."""
