@@ -21,6 +21,7 @@ import requests
 
 from crm_to_books_cli.sandbox import SandboxConfig, ZohoSandbox
 from crm_to_books_cli.sandbox.config import DEFAULT_ORGANIZATIONS
+from crm_to_books_cli.sandbox.testing import access_token
 
 NO_LIMIT = {"requests_per_minute": 10_000, "daily_limit": 10_000_000, "max_concurrency": 100}
 
@@ -126,16 +127,7 @@ def post_import(api_url: str, org: str, kind: str, crm_id: int) -> requests.Resp
 
 def sandbox_latency(sandbox: ZohoSandbox, org: str, count: int) -> list[float]:
     """The sandbox's own answer time for an import, called directly (no service around it)."""
-    token = requests.post(
-        f"{sandbox.url}/oauth/v2/token",
-        data={
-            "grant_type": "refresh_token",
-            "client_id": sandbox.client_id,
-            "client_secret": sandbox.client_secret,
-            "refresh_token": sandbox.refresh_token,
-        },
-        timeout=5,
-    ).json()["access_token"]
+    token = access_token(sandbox)
     seconds = []
     with requests.Session() as session:
         session.headers["Authorization"] = f"Zoho-oauthtoken {token}"

@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from crm_to_books.models import Status
 from crm_to_books.pipeline import Importer
 from crm_to_books_cli.sandbox import ZohoSandbox
+from crm_to_books_cli.sandbox.testing import token_request
 from tests.functional.conftest import ORG, put_connection
 from tests.functional.test_engine_outcomes import imports_of, records_of, request
 
@@ -191,16 +191,7 @@ def test_zoho_token_throttling_is_waited_out_not_spun_on(
 ) -> None:
     # Someone else spent this refresh token's 10 requests for the window.
     for _ in range(10):
-        requests.post(
-            f"{sandbox.url}/oauth/v2/token",
-            data={
-                "grant_type": "refresh_token",
-                "client_id": sandbox.client_id,
-                "client_secret": sandbox.client_secret,
-                "refresh_token": sandbox.refresh_token,
-            },
-            timeout=5,
-        )
+        token_request(sandbox)
     before = sandbox.counters()["token_requests"]["total"]
 
     first = new_importer().run(request("account", sandbox.crm_ids["account"][0]))

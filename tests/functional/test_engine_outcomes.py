@@ -8,12 +8,12 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 
 from crm_to_books.errors import UnknownOrganization
 from crm_to_books.models import ImportRequest, Status
 from crm_to_books.pipeline import Importer
 from crm_to_books_cli.sandbox import ZohoSandbox
+from crm_to_books_cli.sandbox.testing import token_request
 from tests.functional.conftest import ACCOUNTS_ONLY_ORG, NAMES, ORG
 
 
@@ -143,16 +143,7 @@ def test_a_token_zoho_killed_is_dropped_refreshed_once_and_the_call_retried_once
     importer.run(request("account", sandbox.crm_ids["account"][0]))
     # Zoho keeps a bounded number of tokens alive: someone else's token request kills ours.
     sandbox.configure(max_active_tokens=1)
-    requests.post(
-        f"{sandbox.url}/oauth/v2/token",
-        data={
-            "grant_type": "refresh_token",
-            "client_id": sandbox.client_id,
-            "client_secret": sandbox.client_secret,
-            "refresh_token": sandbox.refresh_token,
-        },
-        timeout=5,
-    ).raise_for_status()
+    token_request(sandbox).raise_for_status()
 
     outcome = importer.run(request("account", sandbox.crm_ids["account"][1]))
 

@@ -50,9 +50,12 @@ class SandboxFactory:
             self._started.pop().stop()
 
 
-def access_token(sandbox: ZohoSandbox, session: requests.Session | None = None) -> str:
-    """One access token for the seeded refresh token (counts against its throttle window)."""
-    answer = (session or requests).post(
+def token_request(
+    sandbox: ZohoSandbox, session: requests.Session | None = None
+) -> requests.Response:
+    """One refresh-token grant for the seeded refresh token, as another client of the same
+    Zoho connection would send it (it counts against the token's throttle window)."""
+    return (session or requests).post(
         f"{sandbox.url}/oauth/v2/token",
         data={
             "grant_type": "refresh_token",
@@ -62,7 +65,11 @@ def access_token(sandbox: ZohoSandbox, session: requests.Session | None = None) 
         },
         timeout=5,
     )
-    token: str = answer.json()["access_token"]
+
+
+def access_token(sandbox: ZohoSandbox, session: requests.Session | None = None) -> str:
+    """One access token for the seeded refresh token (counts against its throttle window)."""
+    token: str = token_request(sandbox, session).json()["access_token"]
     return token
 
 
