@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,10 +46,8 @@ pytestmark = pytest.mark.timeout(300)
 
 PREFIX = "e2e-faults"
 LAYER = REPO_ROOT / "layers" / "core" / "python"
-CLOCK_WARP = Path(__file__).parent / "clock_warp"
 READ_TIMEOUT = 3.0  # the functions' Zoho read timeout in this stack; hangs outlast it
 MAX_RECEIVE_COUNT = 3  # the queues dead-letter a message on its third failed receive
-REDRIVE_CLOCK_AHEAD = 301  # the re-drive job runs as if 5 minutes had passed (broken parks)
 SETTLE_SECONDS = 120
 
 FAULTY, ACCOUNTS_ONLY, REVOKED, THROTTLED = "700100200", "700100201", "700100202", "700100203"
@@ -133,11 +130,6 @@ def stack(logs: Logs) -> Iterator[LocalStack]:
                 for org in ORGANIZATIONS
             },
             "connections": names,
-        },
-        layer_dirs=(LAYER, CLOCK_WARP),
-        environment={
-            "E2E_CLOCK_WARP_FUNCTION": f"{PREFIX}-redrive",
-            "E2E_CLOCK_WARP_SECONDS": str(REDRIVE_CLOCK_AHEAD),
         },
         log_sink=logs,
     )
@@ -350,12 +342,10 @@ def phase_b(stack: LocalStack, sandbox: RecordingSandbox, driver: Driver, run: R
 
 
 def reconnect(stack: LocalStack, sandbox: RecordingSandbox, run: Run) -> None:
-    """What the operator does: `crm-to-books connect` stores a new refresh token; the token
-    keeper (its schedule, fired now) finds it; the re-drive job (its schedule, fired now, with
-    its clock 5 minutes ahead) re-enqueues the parked imports.
-
-    Only once no attempt is under way: to a clock 5 minutes ahead, a live attempt's lease looks
-    long expired, and the job would re-enqueue it as abandoned (harmless, but not this test)."""
+    """What the operator does, and `crm-to-books connect` then has the stack do: a new refresh
+    token in the secret; the token keeper (fired now) finds it and clears the broken mark; the
+    re-drive job (fired now, on the real clock) re-enqueues the imports parked on the connection,
+    however recently they parked. The parked set is read once no attempt is under way."""
     run.revocation["tokens"].append(connect(stack, sandbox, "revocable"))
     keeper = stack.fire("token-keeper")
     wait_for(lambda: not any_in_progress(stack), "no attempt under way", SETTLE_SECONDS)
