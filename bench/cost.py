@@ -19,6 +19,7 @@ from typing import Any
 from bench import aws_calls
 from bench.core import ZOHO_LATENCY_SECONDS, Options, Report
 from crm_to_books import topology
+from crm_to_books.limiter import LEASE_ID_LENGTH, stamp
 
 # USD, us-east-1 list prices (aws.amazon.com/<service>/pricing), first pricing tier.
 LAMBDA_ARM64_GB_SECOND = 0.0000133334
@@ -63,10 +64,15 @@ def _value_size(value: dict[str, Any]) -> int:
 
 
 def limiter_at_limit(item: dict[str, Any], max_concurrency: int = 10) -> dict[str, Any]:
-    """The limiter item of an organization at Zoho's 100 calls a minute: its heaviest."""
-    stamp = {"N": "1790000000.123"}
-    leases = {f"{n:016x}": {"N": "1790000040.123"} for n in range(max_concurrency)}
-    return item | {"calls": {"L": [stamp] * LIMITER_CALLS_AT_LIMIT}, "inflight": {"M": leases}}
+    """The limiter item of an organization at Zoho's 100 calls a minute with `max_concurrency`
+    in flight: its heaviest. Stamps and lease ids as the limiter writes them."""
+    now = 1_795_629_841.37
+    calls = [{"N": str(stamp(now - 0.59 * n))} for n in range(LIMITER_CALLS_AT_LIMIT)]
+    leases = {
+        f"{n:0{LEASE_ID_LENGTH}x}": {"N": str(stamp(now + 40 - 0.37 * n))}
+        for n in range(max_concurrency)
+    }
+    return item | {"calls": {"L": calls}, "inflight": {"M": leases}}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import requests
 
 from crm_to_books.entities import ENTITIES, KINDS, get_entity
 from crm_to_books.errors import ConfigurationError, InvalidRequest, UnknownOrganization
-from crm_to_books.limiter import next_utc_midnight
+from crm_to_books.limiter import STAMP_MODULUS, next_utc_midnight, stamp, unstamp
 from crm_to_books.models import ImportRequest
 from crm_to_books.settings import Settings
 from crm_to_books.zoho import (
@@ -161,3 +161,39 @@ def test_secrets_never_show_in_reprs() -> None:
 
 def test_the_daily_cap_resets_at_the_next_utc_midnight() -> None:
     assert next_utc_midnight(86400 * 3 + 5) == 86400 * 4
+
+
+@pytest.mark.parametrize(
+    ("moment", "now"),
+    [
+        (1_795_629_840.381, 1_795_629_841.0),  # a call that just finished
+        (1_795_629_900.5, 1_795_629_841.0),  # a lease a minute ahead
+        (1_795_629_841.0 + 3_600, 1_795_629_841.0),  # a clock an hour ahead of ours
+        (1_795_629_841.0 - 5 * 86_400, 1_795_629_841.0),  # days old: still read as the past
+    ],
+)
+def test_limiter_stamps_read_back_as_the_same_time_rounded_up_to_a_centisecond(
+    moment: float, now: float
+) -> None:
+    got = unstamp(stamp(moment), now)
+    assert moment <= got < moment + 0.01 + 1e-9
+    assert stamp(got) == stamp(moment)  # rewriting a stamp never moves it
+
+
+def test_limiter_stamps_read_back_across_the_wrap_of_their_modulus() -> None:
+    wrap = (STAMP_MODULUS * 50) / 100  # an instant where the stored value wraps to 0
+    before, after = wrap - 30, wrap + 20
+    assert stamp(before) > stamp(after)  # stored values wrapped...
+    assert unstamp(stamp(before), after) == pytest.approx(before)  # ...times did not
+    assert unstamp(stamp(after), after) == pytest.approx(after)
+
+
+def test_limiter_reads_epoch_seconds_written_before_compact_stamps() -> None:
+    assert unstamp(1_795_629_840.38, 1_795_629_841.0) == 1_795_629_840.38
+
+
+def test_the_limiter_item_stays_under_1_kb_at_zohos_limit_with_10_in_flight() -> None:
+    from bench.cost import item_size, limiter_at_limit
+
+    item = {"pk": {"S": "limiter#700100200"}, "day": {"S": "2026-11-25"}, "day_count": {"N": "999"}}
+    assert item_size(limiter_at_limit(item)) < 1024
