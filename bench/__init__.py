@@ -12,6 +12,7 @@ from bench.core import Benchmark
 BENCHMARKS: dict[str, Benchmark] = {
     "tokens": token_economy.run,
     "rate_limit": rate_limit.run,
+    "rate_limit_60s": rate_limit.run_real,
     "aws_calls": aws_calls.run,
     "overhead": overhead.run,
     "sqs_throughput": throughput.run,

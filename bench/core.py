@@ -15,7 +15,6 @@ ZOHO_LATENCY_SECONDS = 0.6
 @dataclass(frozen=True, slots=True)
 class Options:
     quick: bool = False
-    real_window: bool = False  # rate_limit at Zoho's own 60 s window instead of a compressed one
     # Reports of the benchmarks already run in this invocation (the cost model reuses them).
     earlier: dict[str, Report] = field(default_factory=dict)
 
