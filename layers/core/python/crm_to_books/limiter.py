@@ -14,7 +14,10 @@ Guarantees: at most `requests_per_minute` calls started in any `window` span, at
 Times in the item are compact, so that at Zoho's 100 calls a minute with 10 in flight it stays
 under 1 KB (one write unit instead of two, on every write of every import): whole centiseconds,
 rounded up (a call never counts for less than it did), modulo 10^8 (about 11.6 days), read back
-as the latest such time not more than a day ahead of this container's clock. 8 digits, not 13.
+as the latest such time not more than an hour ahead of this container's clock. 8 digits, not 13.
+An item last acquired on before yesterday (UTC) is read as empty: nothing in it can still count,
+and its stamps could have wrapped. A lease that ran out (its container died mid-call) counts on
+as a call that finished when the lease ended: Zoho counts it from whenever it arrived.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from crm_to_books.settings import Organization
 
 MAX_CONTENTION_RETRIES = 12
 STAMP_MODULUS = 10**8  # centiseconds: about 11.6 days
-STAMP_AHEAD = 86_400 * 100  # a stamp up to a day ahead of this clock is read as the future
+STAMP_AHEAD = 3_600 * 100  # a stamp up to an hour ahead of this clock is read as the future
 LEASE_ID_LENGTH = 8  # hex: unique enough among one organization's calls in flight
 
 
@@ -234,15 +237,18 @@ class _State:
 
     @classmethod
     def of(cls, item: dict[str, Any], now: float, window: float) -> _State:
-        today = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+        date = datetime.fromtimestamp(now, UTC).date()
+        today = date.isoformat()
         same_day = item.get("day") == today
+        stale = str(item.get("day") or today) < (date - timedelta(days=1)).isoformat()
+        stamps = [] if stale else [unstamp(v, now) for v in item.get("calls", [])]
+        leases = (
+            {} if stale else {k: unstamp(v, now) for k, v in (item.get("inflight") or {}).items()}
+        )
+        ended = [t for t in leases.values() if t <= now]  # died mid-call: count it as finished
         return cls(
-            calls=[t for t in (unstamp(v, now) for v in item.get("calls", [])) if t > now - window],
-            inflight={
-                k: t
-                for k, t in ((k, unstamp(v, now)) for k, v in (item.get("inflight") or {}).items())
-                if t > now
-            },
+            calls=[t for t in (*stamps, *ended) if t > now - window],
+            inflight={k: t for k, t in leases.items() if t > now},
             day=today,
             day_count=int(item.get("day_count", 0)) if same_day else 0,
             parked_until=float(item.get("parked_until") or 0),
