@@ -74,3 +74,29 @@ def test_the_redrive_job_re_enqueues_imports_parked_until_now(
     assert json.loads(message["Body"]) == {"organization_id": ORG, "crm_id": "9001"}
     # The import function will record who sent it: the record's sources gain "redrive".
     assert message["MessageAttributes"]["source"]["StringValue"] == "redrive"
+
+
+def test_a_re_drive_that_cannot_send_leaves_the_import_parked_for_the_next_run(
+    settings: Settings, sandbox: ZohoSandbox, aws_world: dict[str, Any], monkeypatch: Any
+) -> None:
+    # Given an import parked because the connection broke, now due
+    sandbox.revoke_refresh_token()
+    parked = Importer(settings).run(
+        ImportRequest(kind="contact", organization_id=ORG, crm_id="9002")
+    )
+    assert parked.parked and parked.retry_after
+    later = Importer(settings, clock=lambda: time.time() + parked.retry_after + 1)
+
+    # When SQS refuses the re-drive's message
+    def refused(request: ImportRequest, delay_seconds: float = 0) -> None:
+        raise RuntimeError("SQS is down")
+
+    monkeypatch.setattr(later, "enqueue", refused)
+    with pytest.raises(RuntimeError, match="1 re-driven import"):
+        later.redrive_due()
+
+    # Then the record is still parked, and the next run sends it
+    record = later.ledger.get(ORG, "contact", "9002")
+    assert record and record.parked and record.status.value == "retrying"
+    again = Importer(settings, clock=lambda: time.time() + parked.retry_after + 1)
+    assert again.redrive_due() == 1

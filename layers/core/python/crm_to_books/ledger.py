@@ -378,14 +378,22 @@ class Ledger:
 
     def unpark(self, record: ImportRecord) -> bool:
         """Take a parked record for re-enqueueing; False if someone else took it first."""
+        return self._set_parked(record, True)
+
+    def repark(self, record: ImportRecord) -> bool:
+        """Give back a record `unpark` took but whose message could not be sent, so the next
+        re-drive run finds it again instead of leaving it with no message and no park."""
+        return self._set_parked(record, False)
+
+    def _set_parked(self, record: ImportRecord, was: bool) -> bool:
         try:
             self.client.update_item(
                 TableName=self._table,
                 Key=dynamo.dump(_key(record.organization_id, record.kind, record.crm_id)),
-                UpdateExpression="SET parked = :f, updated_at = :now",
-                ConditionExpression="parked = :t",
+                UpdateExpression="SET parked = :to, updated_at = :now",
+                ConditionExpression="parked = :was",
                 ExpressionAttributeValues=dynamo.dump_values(
-                    {":f": False, ":t": True, ":now": iso(self._clock())}
+                    {":to": not was, ":was": was, ":now": iso(self._clock())}
                 ),
             )
         except ClientError as exc:

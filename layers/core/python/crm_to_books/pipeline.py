@@ -517,27 +517,55 @@ class Importer:
         those parked on a broken connection as soon as it works again (`crm-to-books connect`
         replaced its refresh token), and imports whose attempt died with nobody to retry them
         (the import then starts with a look-up, so it cannot be duplicated)."""
-        sent = 0
+        sent, failures = 0, 0
         repaired = {
-            name: self.tokens.usable(name)
+            name: self._usable(name)
             for name in {org.connection for org in self.settings.organizations.values()}
         }
         for organization_id, org in self.settings.organizations.items():
             early = [CONNECTION_BROKEN] if repaired[org.connection] else []
-            due = [r for r in self.ledger.due(organization_id, early) if self.ledger.unpark(r)]
-            for record in [*due, *self.ledger.abandoned(organization_id)]:
+            parked = self.ledger.due(organization_id, early)
+            abandoned = self.ledger.abandoned(organization_id)
+            for record, was_parked in [
+                *((r, True) for r in parked),
+                *((r, False) for r in abandoned),
+            ]:
                 if record.kind not in self.settings.queue_urls:
+                    logger.warning("no queue for a re-drive", extra={"kind": record.kind})
                     continue
-                self.enqueue(
-                    ImportRequest(
-                        kind=record.kind,
-                        organization_id=record.organization_id,
-                        crm_id=record.crm_id,
-                        source="redrive",
+                if was_parked and not self.ledger.unpark(record):
+                    continue  # another run took it
+                try:
+                    self.enqueue(
+                        ImportRequest(
+                            kind=record.kind,
+                            organization_id=record.organization_id,
+                            crm_id=record.crm_id,
+                            source="redrive",
+                        )
                     )
-                )
+                except Exception:
+                    failures += 1
+                    logger.exception(
+                        "re-drive could not enqueue an import",
+                        extra={"kind": record.kind, "crm_id": record.crm_id},
+                    )
+                    if was_parked:
+                        self.ledger.repark(record)  # found again by the next run
+                    continue
                 sent += 1
+        if failures:
+            raise RuntimeError(
+                f"{failures} re-driven import(s) could not be enqueued ({sent} were)"
+            )
         return sent
+
+    def _usable(self, connection: str) -> bool:
+        try:
+            return self.tokens.usable(connection)
+        except Exception:  # the state table unreadable: leave its parks to their own time
+            logger.exception("connection state unreadable", extra={"connection": connection})
+            return False
 
     def keep_tokens_fresh(self) -> list[dict[str, str]]:
         # Renew only a token that would fall inside the imports' own margin before the next
