@@ -264,3 +264,32 @@ def test_an_abandoned_synchronous_attempt_is_finished_by_the_redrive_job(
     outcome = Importer(settings, clock=clock).run(request("item", crm_id, source="redrive"))
     assert outcome.result == "imported" and "found in Books" in (outcome.record.detail or "")
     assert records_of(sandbox, "item", crm_id) == 1
+
+
+def test_a_replaced_refresh_token_is_used_at_once_even_if_the_old_one_was_also_throttled(
+    sandbox: ZohoSandbox, settings: Any
+) -> None:
+    from crm_to_books import dynamo
+    from crm_to_books.tokens import fingerprint
+
+    # Given a connection whose old refresh token was throttled, then refused (broken)
+    importer = Importer(settings)
+    importer.tokens.client.put_item(
+        TableName=settings.state_table,
+        Item=dynamo.dump(
+            {
+                "pk": "token#default",
+                "broken": True,
+                "broken_reason": "refused",
+                "broken_fingerprint": fingerprint("the-old-refresh-token"),
+                "throttled_until": time.time() + 500,
+            }
+        ),
+    )
+
+    # When the operator has stored a new one (the secret's token differs from the broken one)
+    token = importer.tokens.get("default")
+
+    # Then it is used now: the old token's block went with its broken mark
+    assert token.valid_for(time.time()) > 3000
+    assert sandbox.counters()["token_requests"]["total"] == 1

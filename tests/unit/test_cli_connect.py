@@ -60,7 +60,7 @@ def test_a_working_connection_starts_the_redrive_job_asynchronously(
     )
 
     assert resume_parked(where, "default") == (
-        "the token keeper acme-books-token-keeper found the connection working (refreshed); "
+        "the token keeper acme-books-token-keeper has a usable token for it (refreshed: valid); "
         "re-drive job acme-books-redrive started: imports parked on it resume now"
     )
 
@@ -72,8 +72,8 @@ def test_a_connection_the_keeper_still_finds_broken_starts_nothing_and_says_why(
     keeper_answers(stub, {"connection": "default", "status": "broken", "detail": "invalid_code"})
 
     assert resume_parked(where, "default") == (
-        f"{LATER}; the token keeper acme-books-token-keeper says the connection is broken: "
-        "invalid_code"
+        "the token keeper acme-books-token-keeper says the connection is broken (invalid_code): "
+        "imports parked on it stay parked until it works"
     )
 
 
@@ -105,4 +105,21 @@ def test_without_permission_to_invoke_the_schedules_still_resume_them(
 
     assert resume_parked(where, "default") == (
         f"{LATER}; starting them now failed (AccessDeniedException)"
+    )
+
+
+def test_a_keeper_answer_that_is_not_json_is_said_not_raised(
+    deployed: tuple[Target, Stubber],
+) -> None:
+    where, stub = deployed
+    raw = b"Task timed out"
+    stub.add_response(
+        "invoke",
+        {"StatusCode": 200, "Payload": StreamingBody(io.BytesIO(raw), len(raw))},
+        {"FunctionName": "acme-books-token-keeper", "Payload": b"{}"},
+    )
+
+    assert resume_parked(where, "default") == (
+        f"{LATER}; the token keeper acme-books-token-keeper answered something unexpected: "
+        "see its logs"
     )

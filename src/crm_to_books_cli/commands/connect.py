@@ -144,15 +144,21 @@ def resume_parked(where: Target, connection: str) -> str:
                 ", ".join(sorted(checked)) or "none"
             )
         status = str(checked[connection].get("status"))
+        detail = checked[connection].get("detail")
         if status in {"broken", "throttled"}:
-            detail = checked[connection].get("detail")
-            return f"{later}; the token keeper {keeper} says the connection is {status}: {detail}"
+            until = "it works" if status == "broken" else "Zoho's token block ends"
+            return (
+                f"the token keeper {keeper} says the connection is {status} ({detail}): imports "
+                f"parked on it stay parked until {until}"
+            )
         lambda_.invoke(FunctionName=redrive, InvocationType="Event", Payload=b"{}")
+    except ValueError:
+        return f"{later}; the token keeper {keeper} answered something unexpected: see its logs"
     except ClientError as exc:
         return f"{later}; starting them now failed ({exc.response['Error'].get('Code')})"
     except BotoCoreError as exc:
         return f"{later}; starting them now failed ({type(exc).__name__})"
     return (
-        f"the token keeper {keeper} found the connection working ({status}); re-drive job "
-        f"{redrive} started: imports parked on it resume now"
+        f"the token keeper {keeper} has a usable token for it ({status}: {detail}); re-drive "
+        f"job {redrive} started: imports parked on it resume now"
     )

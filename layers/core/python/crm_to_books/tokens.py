@@ -188,6 +188,7 @@ class TokenProvider:
                 raise ConnectionBroken(connection, str(item.get("broken_reason") or "refused"))
             self._clear_broken(connection, item)
             item.pop("broken", None)
+            item.pop("throttled_until", None)  # cleared with it: the block was the old token's
         throttled_until = float(item.get("throttled_until") or 0)
         if throttled_until > now:
             raise TokenUnavailable(
