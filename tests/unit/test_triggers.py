@@ -178,6 +178,13 @@ def test_salvage_finds_the_ledger_key_a_poison_message_names(
     assert (found.key if found else None) == key
 
 
+def test_a_salvaged_poison_message_keeps_its_senders_source() -> None:
+    record = sqs_record({"organization_id": ORG, "crm_id": CRM, "kind": "item"})
+    record["messageAttributes"]["source"] = {"stringValue": "cli", "dataType": "String"}
+    found = triggers.salvage(record, "account")
+    assert found is not None and found.source == "cli"
+
+
 def test_queue_url_comes_from_the_arn_and_the_clients_endpoint() -> None:
     arn = "arn:aws:sqs:eu-west-1:123456789012:crm-to-books-item-imports"
     assert (

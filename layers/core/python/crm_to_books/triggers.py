@@ -107,7 +107,7 @@ def salvage(record: Mapping[str, Any], queue_kind: str) -> ImportRequest | None:
             kind=fields.get("kind", None if eventbridge else queue_kind),
             organization_id=fields.get("organization_id"),
             crm_id=fields.get("crm_id"),
-            source="eventbridge" if eventbridge else "sqs",
+            source="eventbridge" if eventbridge else _message_source(record),
             correlation_id=_message_id(record),
         )
     except InvalidRequest:
