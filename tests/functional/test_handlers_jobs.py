@@ -100,3 +100,21 @@ def test_a_re_drive_that_cannot_send_leaves_the_import_parked_for_the_next_run(
     assert record and record.parked and record.status.value == "retrying"
     again = Importer(settings, clock=lambda: time.time() + parked.retry_after + 1)
     assert again.redrive_due() == 1
+
+
+def test_giving_back_a_record_an_import_has_since_finished_leaves_it_finished(
+    settings: Settings, sandbox: ZohoSandbox
+) -> None:
+    # Given a record the re-drive job took, imported meanwhile by another request
+    importer = Importer(settings)
+    done = importer.run(
+        ImportRequest(kind="account", organization_id=ORG, crm_id=sandbox.crm_ids["account"][0])
+    )
+    assert done.result == "imported"
+
+    # When the job, its send having failed, gives it back
+    assert importer.ledger.repark(done.record) is False
+
+    # Then it stays succeeded and unparked
+    record = importer.ledger.get(ORG, "account", sandbox.crm_ids["account"][0])
+    assert record and record.status.value == "succeeded" and not record.parked

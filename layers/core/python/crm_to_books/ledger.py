@@ -391,9 +391,16 @@ class Ledger:
                 TableName=self._table,
                 Key=dynamo.dump(_key(record.organization_id, record.kind, record.crm_id)),
                 UpdateExpression="SET parked = :to, updated_at = :now",
-                ConditionExpression="parked = :was",
+                # Only a record still waiting: one an import has since finished stays as it is.
+                ConditionExpression="parked = :was AND #status = :retrying",
+                ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=dynamo.dump_values(
-                    {":to": not was, ":was": was, ":now": iso(self._clock())}
+                    {
+                        ":to": not was,
+                        ":was": was,
+                        ":retrying": Status.RETRYING.value,
+                        ":now": iso(self._clock()),
+                    }
                 ),
             )
         except ClientError as exc:
