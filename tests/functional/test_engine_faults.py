@@ -293,3 +293,24 @@ def test_a_replaced_refresh_token_is_used_at_once_even_if_the_old_one_was_also_t
     # Then it is used now: the old token's block went with its broken mark
     assert token.valid_for(time.time()) > 3000
     assert sandbox.counters()["token_requests"]["total"] == 1
+
+
+def test_a_repair_someone_else_made_first_is_read_again_with_any_new_block(
+    sandbox: ZohoSandbox, settings: Any
+) -> None:
+    from crm_to_books import dynamo
+    from crm_to_books.tokens import TokenUnavailable, fingerprint
+
+    importer = Importer(settings)
+    # Given this container saw the connection broken (an old refresh token refused)...
+    stale = {"pk": "token#default", "broken": True, "broken_fingerprint": fingerprint("old")}
+    # ...while another container already repaired it and then met Zoho's token limit
+    importer.tokens.client.put_item(
+        TableName=settings.state_table,
+        Item=dynamo.dump({"pk": "token#default", "throttled_until": time.time() + 500}),
+    )
+
+    # Then this one honours the new block instead of the one it cleared in its own copy
+    with pytest.raises(TokenUnavailable):
+        importer.tokens._raise_if_unusable("default", stale, time.time())
+    assert sandbox.counters()["token_requests"]["total"] == 0

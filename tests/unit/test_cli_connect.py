@@ -108,11 +108,11 @@ def test_without_permission_to_invoke_the_schedules_still_resume_them(
     )
 
 
-def test_a_keeper_answer_that_is_not_json_is_said_not_raised(
-    deployed: tuple[Target, Stubber],
+@pytest.mark.parametrize("raw", [b"Task timed out", b"null", b"[1, 2]", b'{"connections": 1}'])
+def test_a_keeper_answer_not_in_its_shape_is_said_not_raised(
+    deployed: tuple[Target, Stubber], raw: bytes
 ) -> None:
     where, stub = deployed
-    raw = b"Task timed out"
     stub.add_response(
         "invoke",
         {"StatusCode": 200, "Payload": StreamingBody(io.BytesIO(raw), len(raw))},

@@ -152,7 +152,7 @@ def resume_parked(where: Target, connection: str) -> str:
                 f"parked on it stay parked until {until}"
             )
         lambda_.invoke(FunctionName=redrive, InvocationType="Event", Payload=b"{}")
-    except ValueError:
+    except (ValueError, AttributeError, TypeError):  # not JSON, or not the keeper's shape
         return f"{later}; the token keeper {keeper} answered something unexpected: see its logs"
     except ClientError as exc:
         return f"{later}; starting them now failed ({exc.response['Error'].get('Code')})"

@@ -186,9 +186,14 @@ class TokenProvider:
         if item.get("broken"):
             if not self._secret_changed(connection, item, now):
                 raise ConnectionBroken(connection, str(item.get("broken_reason") or "refused"))
-            self._clear_broken(connection, item)
-            item.pop("broken", None)
-            item.pop("throttled_until", None)  # cleared with it: the block was the old token's
+            if self._clear_broken(connection, item):
+                item.pop("broken", None)
+                item.pop("throttled_until", None)  # cleared with it: the old token's block
+            else:  # someone else cleared it first, and may have met a new block since
+                fresh = self._read(connection)
+                item.clear()
+                item.update(fresh)
+                return self._raise_if_unusable(connection, item, now)
         throttled_until = float(item.get("throttled_until") or 0)
         if throttled_until > now:
             raise TokenUnavailable(
@@ -207,7 +212,7 @@ class TokenProvider:
             return False
         return fingerprint(creds.refresh_token) != item.get("broken_fingerprint")
 
-    def _clear_broken(self, connection: str, item: dict[str, Any]) -> None:
+    def _clear_broken(self, connection: str, item: dict[str, Any]) -> bool:
         try:
             self.client.update_item(
                 TableName=self._settings.state_table,
@@ -223,9 +228,11 @@ class TokenProvider:
         except ClientError as exc:
             if not dynamo.condition_failed(exc):
                 raise
+            return False
         logger.info(
             "connection repaired: new refresh token found", extra={"connection": connection}
         )
+        return True
 
     def _take_lease(self, connection: str, now: float) -> bool:
         try:
