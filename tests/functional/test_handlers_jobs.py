@@ -113,8 +113,35 @@ def test_giving_back_a_record_an_import_has_since_finished_leaves_it_finished(
     assert done.result == "imported"
 
     # When the job, its send having failed, gives it back
-    assert importer.ledger.repark(done.record) is False
+    assert importer.ledger.repark(done.record, taken=done.record.updated_at or "") is False
 
     # Then it stays succeeded and unparked
     record = importer.ledger.get(ORG, "account", sandbox.crm_ids["account"][0])
     assert record and record.status.value == "succeeded" and not record.parked
+
+
+def test_a_retrying_import_whose_message_is_gone_is_sent_again_a_day_later(
+    settings: Settings, sandbox: ZohoSandbox, aws_world: dict[str, Any]
+) -> None:
+    # Given an import waiting for its retry's queue message (Zoho answered 5xx), and one that
+    # was dead-lettered
+    crm_ids = sandbox.crm_ids["item"][:2]
+    sandbox.set_faults(fail_5xx_next=2, scope="imports")
+    waiting, dead = (
+        Importer(settings).run(
+            ImportRequest(kind="item", organization_id=ORG, crm_id=c), last_delivery=last
+        )
+        for c, last in zip(crm_ids, (False, True), strict=True)
+    )
+    assert waiting.result == dead.result == "retry_later" and not waiting.parked
+    assert dead.record.in_dlq and not waiting.record.in_dlq
+    context = LambdaContext(function_name="crm-to-books-redrive")
+
+    # While the message may still come, the job leaves it alone; a day past its time, the
+    # message is gone (the send failed, retention ran out): the job sends it again
+    assert redrive_fn.handler(SCHEDULE, context, importer=Importer(settings)) == {"redriven": 0}
+    later = Importer(settings, clock=lambda: time.time() + 25 * 3600)
+    assert redrive_fn.handler(SCHEDULE, context, importer=later) == {"redriven": 1}
+
+    got = boto3.client("sqs").receive_message(QueueUrl=aws_world["queue_urls"]["item"])
+    assert [json.loads(m["Body"])["crm_id"] for m in got["Messages"]] == [crm_ids[0]]

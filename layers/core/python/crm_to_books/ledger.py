@@ -376,30 +376,40 @@ class Ledger:
             )
         )
 
-    def unpark(self, record: ImportRecord) -> bool:
-        """Take a parked record for re-enqueueing; False if someone else took it first."""
-        return self._set_parked(record, True)
+    def unpark(self, record: ImportRecord) -> str | None:
+        """Take a parked record for re-enqueueing: the `updated_at` it wrote, or None if someone
+        else took it first (or an import finished it meanwhile)."""
+        now = iso(self._clock())
+        return now if self._set_parked(record, False, "parked = :t", {":t": True}, now) else None
 
-    def repark(self, record: ImportRecord) -> bool:
-        """Give back a record `unpark` took but whose message could not be sent, so the next
-        re-drive run finds it again instead of leaving it with no message and no park."""
-        return self._set_parked(record, False)
+    def repark(self, record: ImportRecord, taken: str) -> bool:
+        """Give back a record `unpark` took (`taken`: what it returned) whose message could not
+        be sent, so the next re-drive run finds it again, unless anything wrote it since."""
+        condition = "parked = :f AND updated_at = :taken"
+        return self._set_parked(record, True, condition, {":f": False, ":taken": taken})
 
-    def _set_parked(self, record: ImportRecord, was: bool) -> bool:
+    def _set_parked(
+        self,
+        record: ImportRecord,
+        parked: bool,
+        condition: str,
+        values: dict[str, Any],
+        now: str | None = None,
+    ) -> bool:
         try:
             self.client.update_item(
                 TableName=self._table,
                 Key=dynamo.dump(_key(record.organization_id, record.kind, record.crm_id)),
                 UpdateExpression="SET parked = :to, updated_at = :now",
                 # Only a record still waiting: one an import has since finished stays as it is.
-                ConditionExpression="parked = :was AND #status = :retrying",
+                ConditionExpression=f"{condition} AND #status = :retrying",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=dynamo.dump_values(
                     {
-                        ":to": not was,
-                        ":was": was,
+                        **values,
+                        ":to": parked,
                         ":retrying": Status.RETRYING.value,
-                        ":now": iso(self._clock()),
+                        ":now": now or iso(self._clock()),
                     }
                 ),
             )
@@ -458,20 +468,30 @@ class Ledger:
         return records, _encode_cursor(last) if last else None
 
     def due(
-        self, organization_id: str, early_categories: Iterable[str] = ()
+        self,
+        organization_id: str,
+        early_categories: Iterable[str] = (),
+        stranded_after: float | None = None,
     ) -> builtins.list[ImportRecord]:
         """Parked records whose time has come, and those parked for an error category in
-        `early_categories` whatever their time (the cause is known to be gone)."""
-        condition = "next_attempt_epoch <= :now"
+        `early_categories` whatever their time (the cause is known to be gone). With
+        `stranded_after`: also unparked `retrying` records (not dead-lettered) whose next attempt
+        is that many seconds overdue: whatever message held them is gone."""
+        when = "next_attempt_epoch <= :now"
         values: dict[str, Any] = {":t": True, ":now": self._clock()}
         early = sorted(set(early_categories))
         if early:
             names = ", ".join(f":c{i}" for i in range(len(early)))
-            condition = f"({condition} OR last_error.category IN ({names}))"
+            when = f"({when} OR last_error.category IN ({names}))"
             values |= {f":c{i}": category for i, category in enumerate(early)}
-        return self._query_index(
-            organization_id, Status.RETRYING, f"parked = :t AND {condition}", values
-        )
+        condition = f"parked = :t AND {when}"
+        if stranded_after is not None:
+            condition = (
+                f"({condition}) OR (parked = :f AND (attribute_not_exists(in_dlq) OR in_dlq = :f)"
+                " AND next_attempt_epoch < :stranded)"
+            )
+            values |= {":f": False, ":stranded": self._clock() - stranded_after}
+        return self._query_index(organization_id, Status.RETRYING, condition, values)
 
     def abandoned(self, organization_id: str, grace: float = 60.0) -> builtins.list[ImportRecord]:
         """`in_progress` records whose attempt died (its lease ran out `grace` seconds ago) and

@@ -45,6 +45,11 @@ from crm_to_books.zoho import AccessToken, Category, ZohoAnswer, ZohoClient
 Result = Literal["imported", "already_imported", "failed", "retry_later"]
 BROKEN_RECHECK_SECONDS = 300.0
 CONNECTION_BROKEN = "connection_broken"  # the error category of imports parked on one
+# A retrying, unparked record this long past its next attempt has lost its message (the send
+# failed, the queue's 4-day retention ran out, a job died between taking and sending it): the
+# re-drive job sends it again. A message still waiting in a backlog that long gets a twin;
+# the ledger answers the second without calling Zoho.
+STRANDED_AFTER_SECONDS = 86_400.0
 PARK_AFTER_SECONDS = 900.0  # longer waits than SQS's 15-minute delay are parked in the ledger
 MAX_BACKOFF_SECONDS = 900.0
 SHORT_WAIT_SECONDS = 1.0
@@ -524,17 +529,14 @@ class Importer:
         }
         for organization_id, org in self.settings.organizations.items():
             early = [CONNECTION_BROKEN] if repaired[org.connection] else []
-            parked = self.ledger.due(organization_id, early)
-            abandoned = self.ledger.abandoned(organization_id)
-            for record, was_parked in [
-                *((r, True) for r in parked),
-                *((r, False) for r in abandoned),
-            ]:
+            due = self.ledger.due(organization_id, early, stranded_after=STRANDED_AFTER_SECONDS)
+            for record in [*due, *self.ledger.abandoned(organization_id)]:
                 if record.kind not in self.settings.queue_urls:
                     logger.warning("no queue for a re-drive", extra={"kind": record.kind})
                     continue
-                if was_parked and not self.ledger.unpark(record):
-                    continue  # another run took it
+                taken = self.ledger.unpark(record) if record.parked else None
+                if record.parked and taken is None:
+                    continue  # another run took it, or an import finished it
                 try:
                     self.enqueue(
                         ImportRequest(
@@ -550,8 +552,8 @@ class Importer:
                         "re-drive could not enqueue an import",
                         extra={"kind": record.kind, "crm_id": record.crm_id},
                     )
-                    if was_parked:
-                        self.ledger.repark(record)  # found again by the next run
+                    if taken is not None:
+                        self._repark(record, taken)
                     continue
                 sent += 1
         if failures:
@@ -559,6 +561,13 @@ class Importer:
                 f"{failures} re-driven import(s) could not be enqueued ({sent} were)"
             )
         return sent
+
+    def _repark(self, record: ImportRecord, taken: str) -> None:
+        """Best effort: should this fail too, the record is found as stranded a day later."""
+        try:
+            self.ledger.repark(record, taken)
+        except Exception:
+            logger.exception("re-drive could not park an import again", extra={"kind": record.kind})
 
     def _usable(self, connection: str) -> bool:
         try:
