@@ -19,6 +19,7 @@ from crm_to_books.zoho import ZohoClient
 from crm_to_books_cli.local import LocalStack
 from crm_to_books_cli.sandbox import ZohoSandbox
 from crm_to_books_cli.sandbox.state import Reply
+from tests.e2e.helpers import wait_until
 
 T = TypeVar("T")
 Key = tuple[str, str, str]  # (organization_id, kind, crm_id): the ledger's key
@@ -27,15 +28,9 @@ CHANNELS = ("sqs", "eventbridge", "http", "http-async")
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float, interval: float = 0.5) -> T:
-    """Poll `check` (an HTTP round of its own) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    """Poll `check` (an HTTP round of its own: every half second unless told) until it returns
+    something truthy."""
+    return wait_until(check, what, timeout, interval)
 
 
 class RecordingSandbox(ZohoSandbox):

@@ -16,8 +16,11 @@ VISIBILITY_TIMEOUT = 2
 MAX_RECEIVE_COUNT = 3
 
 
-def wait_until(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+def wait_until(
+    check: Callable[[], T | None], what: str, timeout: float = 20.0, interval: float = 0.05
+) -> T:
+    """Poll `check` every `interval` seconds until it returns something truthy; fail after
+    `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -25,7 +28,7 @@ def wait_until(check: Callable[[], T | None], what: str, timeout: float = 20.0) 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 class Logs:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from crm_to_books_cli.local import LocalStack
+from tests.e2e.drive import queue_depth
 from tests.e2e.helpers import Logs, wait_until
 from tests.e2e.test_service_imports import (
     books_records,
@@ -20,18 +21,6 @@ from tests.e2e.test_service_imports import (
     wait_for_status,
     zoho_imports,
 )
-
-
-def queue_depth(stack: LocalStack, url: str) -> int:
-    attributes = stack.client("sqs").get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=[
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ],
-    )["Attributes"]
-    return sum(int(v) for v in attributes.values())
 
 
 @pytest.mark.timeout(60)
