@@ -15,7 +15,7 @@ Times in the item are compact, so that at Zoho's 100 calls a minute with 10 in f
 under 1 KB (one write unit instead of two, on every write of every import): whole centiseconds,
 rounded up (a call never counts for less than it did), modulo 10^8 (about 11.6 days), read back
 as the latest such time not more than an hour ahead of this container's clock. 8 digits, not 13.
-An item last acquired on before yesterday (UTC) is read as empty: nothing in it can still count,
+An item last acquired before yesterday (UTC) is read as empty: nothing in it can still count,
 and its stamps could have wrapped. A lease that ran out (its container died mid-call) counts on
 as a call that finished when the lease ended: Zoho counts it from whenever it arrived.
 """
