@@ -43,6 +43,7 @@ TOO_CONCURRENT = books_error(
 )
 
 _IMPORT_PATH = re.compile(r"^/books/v3/crm/(?P<kind>[^/]+)/(?P<crm_id>[^/]+)/import/?$")
+_READ_PATH = re.compile(r"^/books/v3/(?P<resource>contacts|items)/(?P<books_id>[^/]+)/?$")
 _CRM_ID = re.compile(r"[0-9]{1,19}")
 _FIRST_BOOKS_ID = 4_600_000_000_000_000_001  # 19 digits: beyond JavaScript's exact integers
 # Look-up filters: the query parameter and the kind of record it matches.
@@ -60,7 +61,7 @@ _LOOKUPS = {
 
 @dataclass(frozen=True)
 class Route:
-    action: Literal["import", "lookup"]
+    action: Literal["import", "lookup", "read"]
     kind: str | None  # the import's kind, or the kind a look-up filters on
     organization_id: str | None
     scope: str
@@ -69,6 +70,7 @@ class Route:
     filters: Mapping[str, str] = field(default_factory=dict)
     page: int = 1
     per_page: int = 200
+    books_id: str = ""
 
 
 @dataclass(eq=False)
@@ -89,8 +91,11 @@ class _Record:
     crm_id: str
     name: str
 
-    def listed(self) -> JSON:
+    def listed(self, crm_ids: bool = True) -> JSON:
+        """The record as Books lists (or, with its CRM ids, reads) it."""
         if self.kind == "item":
+            if not crm_ids:
+                return {"item_id": self.books_id, "name": self.name, "status": "active"}
             return {
                 "item_id": self.books_id,
                 "name": self.name,
@@ -104,8 +109,9 @@ class _Record:
             "contact_type": "vendor" if self.kind == "vendor" else "customer",
             "status": "active",
         }
-        for param, kind in _CONTACT_FILTERS.items():
-            contact[param] = self.crm_id if kind == self.kind else ""
+        if crm_ids:
+            for param, kind in _CONTACT_FILTERS.items():
+                contact[param] = self.crm_id if kind == self.kind else ""
         return contact
 
 
@@ -120,6 +126,14 @@ def route(method: str, path: str, query: Mapping[str, str]) -> Route | Reply:
             return _method_not_allowed(method)
         scope = "ZohoBooks.settings.CREATE" if kind == "item" else "ZohoBooks.contacts.CREATE"
         return Route("import", kind, organization_id, scope, crm_id=match["crm_id"])
+    if match := _READ_PATH.match(path):
+        if method != "GET":
+            return _method_not_allowed(method)
+        resource = match["resource"]
+        scope = "ZohoBooks.settings.READ" if resource == "items" else "ZohoBooks.contacts.READ"
+        return Route(
+            "read", None, organization_id, scope, list_key=resource, books_id=match["books_id"]
+        )
     lookup = _LOOKUPS.get(path.rstrip("/"))
     if lookup is None:
         return INVALID_URL
@@ -246,6 +260,8 @@ class Books:
             org = self._orgs[route.organization_id or ""].config
             if route.action == "import":
                 return self._import(org, route.kind or "", route.crm_id)
+            if route.action == "read":
+                return self._read(org, route)
             return self._lookup(org, route)
 
     def _import(self, org: Organization, kind: str, crm_id: str) -> Reply:
@@ -279,9 +295,29 @@ class Books:
             {"code": 0, "message": "success", "data": {id_key: record.books_id}},
         )
 
+    def _read(self, org: Organization, route: Route) -> Reply:
+        """One record by its Books id, with every field (its CRM ids included)."""
+        _, known = _LOOKUPS[f"/books/v3/{route.list_key}"]
+        kinds = set(known.values())
+        for (org_id, kind, _), records in self._records.items():
+            for record in records:
+                if org_id == org.organization_id and kind in kinds:
+                    if record.books_id == route.books_id:
+                        key = "item" if route.list_key == "items" else "contact"
+                        return Reply(200, {"code": 0, "message": "success", key: record.listed()})
+        what = "Item" if route.list_key == "items" else "Contact"
+        return books_error(404, 1002, f"{what} does not exist.")
+
     def _lookup(self, org: Organization, route: Route) -> Reply:
         _, known = _LOOKUPS[f"/books/v3/{route.list_key}"]
-        keys = {(org.organization_id, known[p], value) for p, value in route.filters.items()}
+        config = self._s.config
+        if route.filters and config.lookup_refuses == 400:
+            param = next(iter(route.filters))
+            return books_error(400, 2, f"Invalid value passed for {param}")
+        if route.filters and config.lookup_refuses == 404:
+            return INVALID_URL
+        filters = {} if config.lookup_ignores_filter else route.filters
+        keys = {(org.organization_id, known[p], value) for p, value in filters.items()}
         if keys:
             # A record has one kind and one CRM id: filters naming two can match nothing.
             found = self._records.get(keys.pop(), []) if len(keys) == 1 else []
@@ -293,7 +329,8 @@ class Books:
                 if org_id == org.organization_id and kind in kinds
                 for record in records
             ]
-        matches = [record.listed() for record in found]
+        with_ids = not config.lookup_rows_without_crm_id
+        matches = [record.listed(crm_ids=with_ids) for record in found]
         start = (route.page - 1) * route.per_page
         page = matches[start : start + route.per_page]
         page_context: JSON = {

@@ -116,7 +116,15 @@ class Faults(_Model):
     drop_after_commit: bool = False
     token_fail_next: int = Field(0, ge=0)
     token_fail_rate: float = Field(0.0, ge=0, le=1)
+    # How the token endpoint fails: a 5xx (`fail_5xx_status`), an edge's HTML 403 or 429 page,
+    # or an `error` Zoho has not documented (HTTP 400 JSON).
+    token_fail_answer: Literal["5xx", "html_403", "html_429", "unknown_error"] = "5xx"  # noqa: S105
     token_latency_seconds: float = Field(0.0, ge=0)
+    # An import Zoho commits late: the client's read times out first, the record appears
+    # `commit_late_seconds` after the request arrived, and the connection is then dropped.
+    commit_late_next: int = Field(0, ge=0)
+    commit_late_rate: float = Field(0.0, ge=0, le=1)
+    commit_late_seconds: float = Field(30.0, ge=0)
 
 
 class SandboxConfig(_Model):
@@ -141,6 +149,12 @@ class SandboxConfig(_Model):
     import_status: Literal[200, 201] = 200
     auto_create_crm_records: bool = True
     missing_crm_ids: frozenset[str] = frozenset()
+    # How list look-ups by CRM id may misbehave (each seen in some Books API): the filter
+    # ignored (every record listed, a page at a time), rows without their zcrm_* fields, or
+    # the filter refused (HTTP 400 code 2, or 404).
+    lookup_ignores_filter: bool = False
+    lookup_rows_without_crm_id: bool = False
+    lookup_refuses: Literal[400, 404] | None = None
 
     faults: Faults = Faults()
     log_requests: bool = False
@@ -168,6 +182,9 @@ RUNTIME_SETTINGS = frozenset(
         "import_status",
         "auto_create_crm_records",
         "missing_crm_ids",
+        "lookup_ignores_filter",
+        "lookup_rows_without_crm_id",
+        "lookup_refuses",
         "log_requests",
     }
 )

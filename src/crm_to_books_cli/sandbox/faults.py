@@ -10,8 +10,14 @@ from typing import Literal
 from crm_to_books_cli.sandbox.config import Faults
 from crm_to_books_cli.sandbox.state import JSON, Shared
 
-FaultName = Literal["fail_5xx", "reset_before", "hang_after_commit", "token_fail"]
-_NAMES: tuple[FaultName, ...] = ("fail_5xx", "reset_before", "hang_after_commit", "token_fail")
+FaultName = Literal["fail_5xx", "reset_before", "hang_after_commit", "token_fail", "commit_late"]
+_NAMES: tuple[FaultName, ...] = (
+    "fail_5xx",
+    "reset_before",
+    "hang_after_commit",
+    "token_fail",
+    "commit_late",
+)
 
 
 class FaultInjector:

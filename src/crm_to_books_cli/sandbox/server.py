@@ -26,7 +26,14 @@ from crm_to_books_cli.sandbox.config import (
     SandboxConfig,
 )
 from crm_to_books_cli.sandbox.faults import FaultInjector
-from crm_to_books_cli.sandbox.state import JSON, Clock, Reply, Shared, server_error
+from crm_to_books_cli.sandbox.state import (
+    JSON,
+    Clock,
+    Reply,
+    Shared,
+    server_error,
+    token_failure,
+)
 
 logger = logging.getLogger("crm_to_books_cli.sandbox")
 _SECRET_PARAMS = frozenset({"client_secret", "refresh_token", "code", "access_token"})
@@ -147,8 +154,15 @@ class ZohoSandbox:
             return {
                 **self._accounts.counters(),
                 **self._books.counters(window_seconds),
-                **{name: sent[name] for name in ("errors_5xx", "resets", "hangs", "drops")},
+                **{
+                    name: sent[name]
+                    for name in ("errors_5xx", "resets", "hangs", "drops", "late_commits")
+                },
                 "token_errors_5xx": sent["token_errors_5xx"],
+                "token_errors_other": sum(
+                    n for name, n in sent.items() if name.startswith("token_errors_html")
+                )
+                + sent["token_errors_unknown_error"],
             }
 
     def state(self, window_seconds: float | None = None) -> JSON:
@@ -222,8 +236,9 @@ class ZohoSandbox:
         faults = self._faults
         faults.wait(faults.faults.token_latency_seconds)
         if faults.take("token_fail"):
-            faults.record("token_errors_5xx")
-            return server_error(faults.faults.fail_5xx_status)
+            answer = faults.faults.token_fail_answer
+            faults.record("token_errors_5xx" if answer == "5xx" else f"token_errors_{answer}")
+            return token_failure(answer, faults.faults.fail_5xx_status)
         return self._accounts.token(params)
 
     def _books_request(self, handler: _Handler, path: str, query: Mapping[str, str]) -> None:
@@ -268,6 +283,13 @@ class ZohoSandbox:
         if not knobs.fail_5xx_after_commit and faults.take("fail_5xx"):
             faults.record("errors_5xx")
             return server_error(knobs.fail_5xx_status)
+        if routed.action == "import" and faults.take("commit_late"):
+            slot.release()
+            faults.record("late_commits")
+            faults.wait(knobs.commit_late_seconds)
+            self._books.handle(routed)  # committed long after the client gave up
+            handler.abort()
+            return None
         reply = self._books.handle(routed)
         if knobs.fail_5xx_after_commit and faults.take("fail_5xx"):
             faults.record("errors_5xx")

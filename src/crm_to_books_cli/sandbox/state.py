@@ -57,3 +57,14 @@ def server_error(status: int) -> Reply:
         return Reply(500, {"code": 500, "message": "Internal Server Error. Please try again."})
     text = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}[status]
     return Reply(status, f"<html><body><h1>{status} {text}</h1></body></html>")
+
+
+def token_failure(answer: str, status: int) -> Reply:
+    """A token endpoint failing in a way Zoho does not document: not a refusal of the token."""
+    if answer == "html_403":
+        return Reply(403, "<html><body><h1>403 Forbidden</h1>Request blocked.</body></html>")
+    if answer == "html_429":
+        return Reply(429, "<html><body><h1>429 Too Many Requests</h1></body></html>")
+    if answer == "unknown_error":
+        return Reply(400, {"error": "general_error", "error_description": "try again"})
+    return server_error(status)
