@@ -25,7 +25,6 @@ import boto3
 import botocore.client
 from botocore.exceptions import ClientError
 
-from crm_to_books import aws
 from crm_to_books import topology as t
 from crm_to_books.entities import KINDS
 from crm_to_books.models import ImportRequest
@@ -33,6 +32,7 @@ from crm_to_books.observability import logger, metrics
 from crm_to_books.pipeline import Importer, ImportOutcome
 from crm_to_books.settings import Organization, Settings
 from crm_to_books.zoho import ZohoAnswer, ZohoClient
+from crm_to_books_cli.local.emulator import forget_library_clients
 from crm_to_books_cli.sandbox import SandboxConfig, ZohoSandbox
 
 NAMES = t.Names("bench")
@@ -172,7 +172,7 @@ def world(
             return original(self, request)
 
     config = (sandbox_config or SandboxConfig()).with_changes(rate_window_seconds=window)
-    aws.reset()  # the library caches its boto3 clients: they must be made under moto
+    forget_library_clients()  # the library caches its boto3 clients: they must be made under moto
     with (
         quiet() as sink,
         mock.patch.object(BotocoreStubber, "process_request", serialized),
@@ -216,47 +216,13 @@ def world(
                 try:
                     yield made
                 finally:
-                    aws.reset()
+                    forget_library_clients()
 
 
 def _provision() -> None:
     ddb: Any = boto3.client("dynamodb")
-
-    def strings(*names: str) -> list[dict[str, str]]:
-        return [{"AttributeName": n, "AttributeType": "S"} for n in names]
-
-    def hash_range(partition: str, sort: str) -> list[dict[str, str]]:
-        return [
-            {"AttributeName": partition, "KeyType": "HASH"},
-            {"AttributeName": sort, "KeyType": "RANGE"},
-        ]
-
-    ddb.create_table(
-        TableName=NAMES.ledger_table,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=hash_range(t.LEDGER_PARTITION_KEY, t.LEDGER_SORT_KEY),
-        AttributeDefinitions=strings(
-            t.LEDGER_PARTITION_KEY,
-            t.LEDGER_SORT_KEY,
-            t.LEDGER_STATUS_INDEX_PARTITION_KEY,
-            t.LEDGER_STATUS_INDEX_SORT_KEY,
-        ),
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": t.LEDGER_STATUS_INDEX,
-                "KeySchema": hash_range(
-                    t.LEDGER_STATUS_INDEX_PARTITION_KEY, t.LEDGER_STATUS_INDEX_SORT_KEY
-                ),
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
-    ddb.create_table(
-        TableName=NAMES.state_table,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": t.STATE_PARTITION_KEY, "KeyType": "HASH"}],
-        AttributeDefinitions=strings(t.STATE_PARTITION_KEY),
-    )
+    for name, spec in NAMES.tables.items():
+        ddb.create_table(**spec.create_table_request(name))
     boto3.client("events").create_event_bus(Name=NAMES.event_bus)
     sqs = boto3.client("sqs")
     for kind in KINDS:

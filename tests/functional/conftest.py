@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,11 +13,11 @@ import pytest
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
 
-from crm_to_books import aws
 from crm_to_books import topology as t
 from crm_to_books.entities import KINDS
 from crm_to_books.pipeline import Importer
 from crm_to_books.settings import Organization, Settings
+from crm_to_books_cli.local.emulator import forget_library_clients
 from crm_to_books_cli.sandbox import SandboxConfig, ZohoSandbox
 
 NAMES = t.Names()
@@ -26,35 +27,8 @@ WINDOW = 2.0  # a compressed "minute", for the limiter and the sandbox alike
 
 
 def create_tables(client: Any) -> None:
-    keys = (t.LEDGER_PARTITION_KEY, t.LEDGER_SORT_KEY)
-    index_keys = (t.LEDGER_STATUS_INDEX_PARTITION_KEY, t.LEDGER_STATUS_INDEX_SORT_KEY)
-    client.create_table(
-        TableName=NAMES.ledger_table,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[
-            {"AttributeName": keys[0], "KeyType": "HASH"},
-            {"AttributeName": keys[1], "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": k, "AttributeType": "S"} for k in keys + index_keys
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": t.LEDGER_STATUS_INDEX,
-                "KeySchema": [
-                    {"AttributeName": index_keys[0], "KeyType": "HASH"},
-                    {"AttributeName": index_keys[1], "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
-    client.create_table(
-        TableName=NAMES.state_table,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": t.STATE_PARTITION_KEY, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": t.STATE_PARTITION_KEY, "AttributeType": "S"}],
-    )
+    for name, spec in NAMES.tables.items():
+        client.create_table(**spec.create_table_request(name))
 
 
 @pytest.fixture
@@ -81,7 +55,7 @@ def aws_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
             return original(self, request)
 
     monkeypatch.setattr(BotocoreStubber, "process_request", serialized)
-    aws.reset()
+    forget_library_clients()
     with mock_aws():
         create_tables(boto3.client("dynamodb"))
         sqs = boto3.client("sqs")
@@ -89,7 +63,7 @@ def aws_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         events = boto3.client("events")
         events.create_event_bus(Name=NAMES.event_bus)
         yield {"queue_urls": urls}
-    aws.reset()
+    forget_library_clients()
 
 
 def put_connection(sandbox: ZohoSandbox, refresh_token: str | None = None) -> str:
@@ -125,12 +99,37 @@ def settings(sandbox: ZohoSandbox, aws_world: dict[str, Any]) -> Settings:
     )
 
 
+class OffsetClock:
+    """The real clock, moved on by `advance` (Zoho's side keeps real time: only what the
+    engine believes about time jumps, e.g. past the settle time after an unknown outcome)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 @pytest.fixture
-def new_importer(settings: Settings) -> Callable[..., Importer]:
-    """A fresh Importer is a fresh Lambda container: empty memory, shared AWS and Zoho."""
+def clock() -> OffsetClock:
+    return OffsetClock()
+
+
+def past_settle(settings: Settings) -> float:
+    """Seconds after which an unknown outcome may be looked up."""
+    return settings.lookup_settle_seconds + 1
+
+
+@pytest.fixture
+def new_importer(settings: Settings, clock: OffsetClock) -> Callable[..., Importer]:
+    """A fresh Importer is a fresh Lambda container: empty memory, shared AWS and Zoho, and
+    the test's clock."""
 
     def make(**overrides: Any) -> Importer:
         s = settings.model_copy(update=overrides) if overrides else settings
-        return Importer(s)
+        return Importer(s, clock=clock)
 
     return make

@@ -23,6 +23,16 @@ ACCOUNT_ID = "123456789012"  # moto's default account
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 
 
+def forget_library_clients() -> None:
+    """The runtime library makes its boto3 clients (and Powertools' secrets provider) once per
+    process: after switching to another emulator, or into moto's in-process mock, they must
+    be made again."""
+    from crm_to_books import aws, tokens
+
+    aws.client.cache_clear()
+    tokens._secrets_provider.cache_clear()
+
+
 class PortInUse(RuntimeError):
     def __init__(self, host: str, port: int, what: str, option: str) -> None:
         super().__init__(

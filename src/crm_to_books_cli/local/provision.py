@@ -58,51 +58,9 @@ def _queue(sqs: Any, name: str, **attributes: str) -> tuple[str, str]:
 
 def _tables(dynamodb: Any, names: topology.Names) -> None:
     existing = set(dynamodb.list_tables()["TableNames"])
-    if names.ledger_table not in existing:
-        dynamodb.create_table(
-            TableName=names.ledger_table,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=_strings(
-                topology.LEDGER_PARTITION_KEY,
-                topology.LEDGER_SORT_KEY,
-                topology.LEDGER_STATUS_INDEX_PARTITION_KEY,
-                topology.LEDGER_STATUS_INDEX_SORT_KEY,
-            ),
-            KeySchema=_key(topology.LEDGER_PARTITION_KEY, topology.LEDGER_SORT_KEY),
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": topology.LEDGER_STATUS_INDEX,
-                    "KeySchema": _key(
-                        topology.LEDGER_STATUS_INDEX_PARTITION_KEY,
-                        topology.LEDGER_STATUS_INDEX_SORT_KEY,
-                    ),
-                    "Projection": {"ProjectionType": "ALL"},
-                }
-            ],
-        )
-    if names.state_table not in existing:
-        dynamodb.create_table(
-            TableName=names.state_table,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=_strings(topology.STATE_PARTITION_KEY),
-            KeySchema=_key(topology.STATE_PARTITION_KEY),
-        )
-        dynamodb.update_time_to_live(
-            TableName=names.state_table,
-            TimeToLiveSpecification={
-                "Enabled": True,
-                "AttributeName": topology.STATE_TTL_ATTRIBUTE,
-            },
-        )
-
-
-def _strings(*names: str) -> list[dict[str, str]]:
-    return [{"AttributeName": name, "AttributeType": "S"} for name in names]
-
-
-def _key(partition: str, sort: str | None = None) -> list[dict[str, str]]:
-    key = [{"AttributeName": partition, "KeyType": "HASH"}]
-    return [*key, {"AttributeName": sort, "KeyType": "RANGE"}] if sort else key
+    for name, spec in names.tables.items():
+        if name not in existing:
+            dynamodb.create_table(**spec.create_table_request(name))
 
 
 def _bus(events: Any, names: topology.Names, queue_arns: dict[str, str]) -> str:

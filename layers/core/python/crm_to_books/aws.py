@@ -22,18 +22,3 @@ _CONFIG = Config(
 @cache
 def client(service: str) -> Any:
     return boto3.session.Session().client(service, config=_CONFIG)  # type: ignore[call-overload]
-
-
-@cache
-def table(name: str) -> Any:
-    """A DynamoDB Table resource (Python types in and out)."""
-    return boto3.session.Session().resource("dynamodb", config=_CONFIG).Table(name)
-
-
-def reset() -> None:
-    """Forget every client (tests switching emulators)."""
-    client.cache_clear()
-    table.cache_clear()
-    from crm_to_books import tokens
-
-    tokens._secrets_provider.cache_clear()

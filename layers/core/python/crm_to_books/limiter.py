@@ -181,9 +181,6 @@ class RateLimiter:
         self.client.update_item(TableName=self._table, **update)
         self._known.pop(permit.organization_id, None)
 
-    def forget(self, organization_id: str) -> None:
-        self._known.pop(organization_id, None)
-
     def block(self, organization_id: str, until: float, reason: str) -> None:
         """Zoho said stop (429): nobody calls for this organization until `until`."""
         try:

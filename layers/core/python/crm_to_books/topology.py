@@ -58,6 +58,46 @@ LEDGER_STATUS_INDEX_SORT_KEY = "updated_at"
 STATE_PARTITION_KEY = "pk"
 STATE_TTL_ATTRIBUTE = "expires_at_epoch"
 
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """A DynamoDB table's keys (strings) and global secondary indexes (all attributes
+    projected): the one definition the stack, the local stack, tests and benchmarks build."""
+
+    partition_key: str
+    sort_key: str | None = None
+    indexes: tuple[tuple[str, str, str], ...] = ()  # (name, partition key, sort key)
+
+    def create_table_request(self, name: str) -> dict[str, object]:
+        """boto3 `create_table` arguments for this table, on demand."""
+
+        def keys(partition: str, sort: str | None) -> list[dict[str, str]]:
+            schema = [{"AttributeName": partition, "KeyType": "HASH"}]
+            return schema + ([{"AttributeName": sort, "KeyType": "RANGE"}] if sort else [])
+
+        names = [self.partition_key, *([self.sort_key] if self.sort_key else [])]
+        names += [k for _, p, s in self.indexes for k in (p, s) if k not in names]
+        request: dict[str, object] = {
+            "TableName": name,
+            "BillingMode": "PAY_PER_REQUEST",
+            "KeySchema": keys(self.partition_key, self.sort_key),
+            "AttributeDefinitions": [{"AttributeName": n, "AttributeType": "S"} for n in names],
+        }
+        if self.indexes:
+            request["GlobalSecondaryIndexes"] = [
+                {"IndexName": i, "KeySchema": keys(p, s), "Projection": {"ProjectionType": "ALL"}}
+                for i, p, s in self.indexes
+            ]
+        return request
+
+
+LEDGER_TABLE = TableSpec(
+    LEDGER_PARTITION_KEY,
+    LEDGER_SORT_KEY,
+    ((LEDGER_STATUS_INDEX, LEDGER_STATUS_INDEX_PARTITION_KEY, LEDGER_STATUS_INDEX_SORT_KEY),),
+)
+STATE_TABLE = TableSpec(STATE_PARTITION_KEY)
+
 # Every function's entry point: <module>.<function> inside its folder under functions/.
 HANDLER = "handler.handler"
 
@@ -95,6 +135,11 @@ class Names:
     @property
     def state_table(self) -> str:
         return f"{self.prefix}-state"
+
+    @property
+    def tables(self) -> dict[str, TableSpec]:
+        """Every table of the stack by its name."""
+        return {self.ledger_table: LEDGER_TABLE, self.state_table: STATE_TABLE}
 
     @property
     def event_bus(self) -> str:
