@@ -70,9 +70,14 @@ def local_stack(local_stack_logs: Logs) -> Iterator[LocalStack]:
         visibility_timeout=VISIBILITY_TIMEOUT,
         max_receive_count=MAX_RECEIVE_COUNT,
         batching_window=0.5,
-        # A killed attempt's record is taken over once its lease runs out: compressed here
-        # like the queue timings (still longer than any attempt against the sandbox).
-        settings={"attempt_lease_seconds": 15.0},
+        # A killed attempt's record is taken over once its lease runs out, and an unknown
+        # outcome is looked up once Zoho could no longer be committing it: compressed here like
+        # the queue timings (still longer than any attempt, or call, against the sandbox).
+        settings={
+            "attempt_lease_seconds": 15.0,
+            "zoho_read_timeout": 5.0,
+            "lookup_settle_seconds": 10.0,
+        },
         log_sink=local_stack_logs,
     )
     with stack:

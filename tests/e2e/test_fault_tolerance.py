@@ -125,6 +125,7 @@ def stack(logs: Logs) -> Iterator[LocalStack]:
         schedule_seconds={"token-keeper": 3600, "redrive": 3600},  # fired by the run itself
         settings={
             "zoho_read_timeout": READ_TIMEOUT,
+            "lookup_settle_seconds": 3 * READ_TIMEOUT,  # the sandbox commits before it answers
             "organizations": {
                 org: ServiceOrganization(connection=CONNECTION[org], **LIMITS)
                 for org in ORGANIZATIONS

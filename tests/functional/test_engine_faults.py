@@ -12,14 +12,18 @@ import pytest
 
 from crm_to_books.models import Status
 from crm_to_books.pipeline import Importer
+from crm_to_books.settings import Settings
 from crm_to_books_cli.sandbox import ZohoSandbox
 from crm_to_books_cli.sandbox.testing import token_request
-from tests.functional.conftest import ORG, put_connection
+from tests.functional.conftest import ORG, OffsetClock, past_settle, put_connection
 from tests.functional.test_engine_outcomes import imports_of, records_of, request
 
 
 def test_a_5xx_before_the_import_took_effect_is_looked_up_then_imported(
-    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    settings: Settings,
 ) -> None:
     crm_id = sandbox.crm_ids["account"][0]
     sandbox.set_faults(fail_5xx_next=1, scope="imports")
@@ -28,8 +32,9 @@ def test_a_5xx_before_the_import_took_effect_is_looked_up_then_imported(
     first = importer.run(request("account", crm_id))
     assert first.result == "retry_later" and not first.rate_limited
     assert first.record.last_error and first.record.last_error.category == "unknown_outcome"
-    assert "looked up" in (first.record.detail or "")
+    assert "looked up" in (first.record.detail or "") and first.record.needs_lookup
 
+    clock.advance(past_settle(settings))
     second = importer.run(request("account", crm_id))
     assert second.result == "imported"
     assert (
@@ -52,7 +57,11 @@ def test_a_5xx_before_the_import_took_effect_is_looked_up_then_imported(
     ids=["5xx-after-commit", "hang-after-commit", "drop-after-commit"],
 )
 def test_an_import_that_took_effect_unseen_is_found_by_look_up_and_never_duplicated(
-    faults: dict[str, Any], sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+    faults: dict[str, Any],
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    settings: Settings,
 ) -> None:
     # The worst Zoho: a second import of the same CRM record creates a second Books record.
     sandbox.configure(reimport="duplicate")
@@ -64,6 +73,7 @@ def test_an_import_that_took_effect_unseen_is_found_by_look_up_and_never_duplica
     assert first.result == "retry_later"
     assert imports_of(sandbox, "contact", crm_id) == 1  # it did happen
 
+    clock.advance(past_settle(settings))
     second = new_importer().run(request("contact", crm_id))
 
     assert second.result == "imported"
@@ -74,7 +84,10 @@ def test_an_import_that_took_effect_unseen_is_found_by_look_up_and_never_duplica
 
 
 def test_a_reset_before_zoho_handled_it_retries_after_a_look_up(
-    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    settings: Settings,
 ) -> None:
     crm_id = sandbox.crm_ids["item"][0]
     sandbox.set_faults(reset_before_next=1, scope="imports")
@@ -82,6 +95,7 @@ def test_a_reset_before_zoho_handled_it_retries_after_a_look_up(
 
     assert importer.run(request("item", crm_id)).result == "retry_later"
     assert imports_of(sandbox, "item", crm_id) == 0
+    clock.advance(past_settle(settings))
 
     assert importer.run(request("item", crm_id)).result == "imported"
     assert records_of(sandbox, "item", crm_id) == 1
@@ -97,7 +111,9 @@ def test_an_attempt_that_died_holding_the_lease_is_looked_up_by_the_next(
     sandbox.configure(reimport="duplicate")
     crm_id = sandbox.crm_ids["vendor"][0]
     dead = new_importer()
-    claim = dead.ledger.begin(request("vendor", crm_id), owner="killed", lease_seconds=30)
+    claim = dead.ledger.begin(
+        request("vendor", crm_id), owner="killed", lease_seconds=30, settle_seconds=180
+    )
     assert not isinstance(claim, type(None))
     token = dead.tokens.get("default")
     dead.zoho.import_record(token, get_entity("vendor"), ORG, crm_id)  # then it "dies"
@@ -107,7 +123,14 @@ def test_an_attempt_that_died_holding_the_lease_is_looked_up_by_the_next(
     assert busy.retry_after and 25 < busy.retry_after <= 30
 
     later = _Clock()
-    later.offset = 31.0  # the dead container's lease has run out
+    later.offset = 31.0  # the dead container's lease has run out...
+    settling = Importer(settings, clock=later).run(request("vendor", crm_id))
+    # ...but what it sent may still be committing: no look-up before the settle time
+    assert settling.result == "retry_later" and settling.record.needs_lookup
+    assert settling.retry_after and 170 < settling.retry_after <= 180
+    assert imports_of(sandbox, "vendor", crm_id) == 1
+
+    later.offset = 30.0 + 181.0
     after = Importer(settings, clock=later).run(request("vendor", crm_id))
 
     assert after.result == "imported" and "found in Books" in (after.record.detail or "")
@@ -249,7 +272,9 @@ def test_an_abandoned_synchronous_attempt_is_finished_by_the_redrive_job(
     crm_id = sandbox.crm_ids["item"][1]
     clock = _Clock()
     importer = Importer(settings, clock=clock)
-    importer.ledger.begin(request("item", crm_id), owner="timed-out", lease_seconds=30)
+    importer.ledger.begin(
+        request("item", crm_id), owner="timed-out", lease_seconds=30, settle_seconds=180
+    )
     from crm_to_books.entities import get_entity
 
     importer.zoho.import_record(importer.tokens.get("default"), get_entity("item"), ORG, crm_id)
@@ -261,6 +286,7 @@ def test_an_abandoned_synchronous_attempt_is_finished_by_the_redrive_job(
     messages = boto3.client("sqs").receive_message(QueueUrl=aws_world["queue_urls"]["item"])
     body = json.loads(messages["Messages"][0]["Body"])
     assert body == {"organization_id": ORG, "crm_id": crm_id}
+    clock.offset = 30.0 + 181.0  # past the settle time after its lease ended
     outcome = Importer(settings, clock=clock).run(request("item", crm_id, source="redrive"))
     assert outcome.result == "imported" and "found in Books" in (outcome.record.detail or "")
     assert records_of(sandbox, "item", crm_id) == 1

@@ -240,17 +240,17 @@ def test_a_synchronous_caller_told_to_retry_leaves_no_trace_in_the_ledger(
     failed_before = importer.run(request("account", sandbox.crm_ids["missing"], source="sqs"))
     assert failed_before.result == "failed"  # and the window's two calls are spent
 
-    new = importer.run(request("account", sandbox.crm_ids["account"][1]), hold=False)
-    again = importer.run(request("account", sandbox.crm_ids["missing"]), hold=False)
+    new = importer.run(request("account", sandbox.crm_ids["account"][1]), sync=True)
+    again = importer.run(request("account", sandbox.crm_ids["missing"]), sync=True)
 
     assert new.rate_limited and not new.recorded
     assert importer.ledger.get(ORG, "account", sandbox.crm_ids["account"][1]) is None
-    assert again.rate_limited and again.recorded
+    assert again.rate_limited and not again.recorded
     kept = importer.ledger.get(ORG, "account", sandbox.crm_ids["missing"])
     assert kept is not None and kept.status is Status.FAILED  # as it was before the attempt
 
 
-def test_a_connection_without_the_scope_fails_with_what_to_fix(
+def test_a_connection_without_the_scope_parks_that_kind_with_what_to_fix(
     sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
 ) -> None:
     from tests.functional.conftest import put_connection
@@ -266,9 +266,11 @@ def test_a_connection_without_the_scope_fails_with_what_to_fix(
 
     outcome = importer.run(request("account", sandbox.crm_ids["account"][0]))
 
-    assert outcome.result == "failed"
-    assert outcome.record.last_error and outcome.record.last_error.zoho_code == 57
+    # Not `failed`: the cause is the connection's, and it is fixed by connecting again
+    assert outcome.result == "retry_later" and outcome.parked
+    assert outcome.record.last_error and outcome.record.last_error.category == "scope_missing"
     assert "ZohoBooks.contacts.CREATE" in (outcome.record.detail or "")
+    assert "crm-to-books connect --connection default" in (outcome.record.detail or "")
     assert sandbox.counters()["token_requests"]["granted"] == 3  # grant, first, one refresh
 
 

@@ -91,7 +91,7 @@ def test_a_re_drive_that_cannot_send_leaves_the_import_parked_for_the_next_run(
     def refused(request: ImportRequest, delay_seconds: float = 0) -> None:
         raise RuntimeError("SQS is down")
 
-    monkeypatch.setattr(later, "enqueue", refused)
+    monkeypatch.setattr(later.intake, "enqueue", refused)
     with pytest.raises(RuntimeError, match="1 re-driven import"):
         later.redrive_due()
 

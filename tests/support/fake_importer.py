@@ -54,6 +54,8 @@ class FakeOutcome:
     rate_limited: bool = False
     parked: bool = False
     recorded: bool = True
+    queued: bool = False
+    deferred: bool = False
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Script:
     rate_limited: bool = False
     parked: bool = False
     error: ImportError_ | None = None
+    recorded: bool | None = None  # None: as the engine, not when rate-limited
 
 
 class FakeLedger:
@@ -129,7 +132,7 @@ class FakeImporter:
 
     # --- ImporterLike -----------------------------------------------------------------------
     def run(
-        self, request: ImportRequest, *, last_delivery: bool = False, hold: bool = True
+        self, request: ImportRequest, *, last_delivery: bool = False, sync: bool = False
     ) -> FakeOutcome:
         self.calls.append(("run", (request, last_delivery)))
         self.settings.organization(request.organization_id)
@@ -145,6 +148,11 @@ class FakeImporter:
             return FakeOutcome(request, record, "imported", zoho_data=data)
         status = Status.FAILED if how.result == "failed" else Status.RETRYING
         record = self._record(request, status, last_error=how.error, parked=how.parked)
+        # Like the engine: a synchronous caller's kept import is held by a message it queues.
+        recorded = not how.rate_limited if how.recorded is None else how.recorded
+        queued = sync and how.result == "retry_later" and recorded and not how.parked
+        if queued:
+            self.enqueue(request, how.retry_after or 0)
         return FakeOutcome(
             request,
             record,
@@ -153,6 +161,8 @@ class FakeImporter:
             error=how.error,
             rate_limited=how.rate_limited,
             parked=how.parked,
+            recorded=recorded,
+            queued=queued,
         )
 
     def accept(self, request: ImportRequest) -> ImportRecord:
@@ -161,6 +171,7 @@ class FakeImporter:
         existing = self.ledger.records.get(request.key)
         if existing and existing.status == Status.SUCCEEDED:
             return existing
+        self.enqueue(request)
         return self._record(request, Status.QUEUED)
 
     def enqueue(self, request: ImportRequest, delay_seconds: float = 0) -> None:

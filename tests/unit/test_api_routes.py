@@ -175,17 +175,26 @@ def test_zoho_unavailable_queues_the_retry_and_answers_503(
     assert answer.headers["Retry-After"] == "10"
     assert answer.headers["Location"].endswith(f"/v1/imports/account/{CRM}?organization_id={ORG}")
     assert answer.body["code"] == 1503
-    assert "Bad Gateway" in answer.body["message"] and "queued for retry" in answer.body["message"]
-    assert importer.names() == ["run", "enqueue"]
-    assert importer.calls[1][1][1] == 10
+    assert "Bad Gateway" in answer.body["message"] and "queued" in answer.body["message"]
+    assert importer.names() == ["run", "enqueue"]  # the engine queued it: a message holds it
 
 
-def test_a_retry_past_sqs_delay_limit_is_sent_with_the_longest_delay(
+def test_an_import_kept_for_our_own_wait_answers_202_not_503(
     app: Any, importer: FakeImporter
 ) -> None:
-    importer.script(CRM, result="retry_later", retry_after=3600)
-    call(app, "POST", import_path(), {"organization_id": ORG})
-    assert importer.calls[1] == ("enqueue", (importer.calls[0][1][0], 900))
+    # Given an attempt that owes a look-up and met this service's own rate limiter
+    error = ImportError_(message="the per-minute limit is used up", category="rate_limited")
+    importer.script(
+        CRM, result="retry_later", retry_after=42, rate_limited=True, recorded=True, error=error
+    )
+
+    answer = call(app, "POST", import_path(), {"organization_id": ORG})
+
+    # Then it is accepted and kept, not blamed on Zoho, and never "nothing was imported"
+    assert answer.status == 202 and answer.body["code"] == 1202
+    assert answer.headers["Retry-After"] == "42" and "Location" in answer.headers
+    assert "Nothing was imported" not in answer.body["message"]
+    assert answer.body["import"]["status"] == "retrying"
 
 
 def test_a_parked_import_is_left_to_the_redrive_job(app: Any, importer: FakeImporter) -> None:

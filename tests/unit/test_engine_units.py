@@ -41,7 +41,9 @@ def answer(status: int, body: object, headers: dict[str, str] | None = None) -> 
 def test_the_entities_table_holds_the_four_kinds_and_their_zoho_paths() -> None:
     assert KINDS == ("account", "contact", "vendor", "item")
     assert get_entity("vendor").import_path("123") == "/books/v3/crm/vendor/123/import"
-    assert get_entity("item").lookup_param == "zcrm_product_id"
+    assert get_entity("item").crm_id_field == "zcrm_product_id"
+    assert get_entity("item").read_path("9") == "/books/v3/items/9"
+    assert get_entity("vendor").list_path == "/books/v3/contacts"
     assert get_entity("item").scope == "ZohoBooks.settings.CREATE"
     assert {e.scope for k, e in ENTITIES.items() if k != "item"} == {"ZohoBooks.contacts.CREATE"}
     with pytest.raises(KeyError, match="expected one of account, contact, vendor, item"):
@@ -145,7 +147,9 @@ def test_token_lifetimes_are_parsed_defensively() -> None:
 
 
 def test_every_data_centre_has_an_accounts_server_and_an_api_domain() -> None:
-    assert len(DATA_CENTRES) == 8
+    # Zoho's multi-DC list: US, EU, IN, AU, JP, CA, CN, SA, UK, and the UAE.
+    assert set(DATA_CENTRES) == {"us", "eu", "in", "au", "jp", "ca", "cn", "sa", "uk", "ae"}
+    assert DATA_CENTRES["uk"] == ("https://accounts.zoho.uk", "https://www.zohoapis.uk")
     assert accounts_url_for("eu") == "https://accounts.zoho.eu"
     assert accounts_url_for("ca") == "https://accounts.zohocloud.ca"
     assert accounts_url_for("http://127.0.0.1:8088/") == "http://127.0.0.1:8088"

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from crm_to_books import __version__, triggers
 from crm_to_books.entities import KINDS, Kind, get_entity
 from crm_to_books.errors import (
+    Deferred,
+    InProgress,
     InvalidRequest,
     NotFound,
     RateLimited,
@@ -64,6 +66,11 @@ class RecordAnswer(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     import_: ImportRecord = Field(alias="import")
+
+
+class AcceptedAnswer(RecordAnswer):
+    code: int | None = Field(default=None, description="1202 kept for later, 1203 in progress")
+    message: str | None = Field(default=None, description="what is known, and what comes next")
 
 
 class ZohoSaid(BaseModel):
@@ -111,7 +118,13 @@ _ERRORS: dict[int, OpenAPIResponse] = {
 }
 _IMPORT_RESPONSES: dict[int, OpenAPIResponse] = {
     200: _doc("Imported now, or already imported (answered from the ledger)", ImportAnswer),
-    202: _doc("Accepted (`Prefer: respond-async`): queued", RecordAnswer, "Location"),
+    202: _doc(
+        "Accepted: queued (`Prefer: respond-async`), kept for a later attempt (code 1202), or "
+        "in progress in another request (code 1203)",
+        AcceptedAnswer,
+        "Location",
+        "Retry-After",
+    ),
     **_ERRORS,
     422: _doc("Zoho refused the import; recorded as failed (code 1422)", RefusedAnswer),
     429: _doc("Rate limited; nothing imported (code 1429)", DeferredAnswer, "Retry-After"),
@@ -184,7 +197,7 @@ def _import_route(
         location = _location(event.raw_event, request)
         if _prefers_async(prefer):
             return _accept(importer, request, location)
-        return _answer(importer, importer.run(request, hold=False), location)
+        return _answer(importer.run(request, sync=True), location)
 
 
 def _status_routes(app: APIGatewayRestResolver, importer: ImporterLike) -> None:
@@ -306,12 +319,13 @@ def error_response(
     if record is not None:
         body["import"] = record.public()
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimited | RetryQueued):
+    if isinstance(exc, RateLimited | RetryQueued | Deferred | InProgress):
         headers["Retry-After"] = str(_seconds(exc.retry_after))
     if location:
         headers["Location"] = location
     log = logger.error if exc.http_status >= 500 else logger.info
-    log("request refused", extra={"code": exc.code, "http_status": exc.http_status})
+    said = "request deferred" if exc.http_status < 400 else "request refused"
+    log(said, extra={"code": exc.code, "http_status": exc.http_status})
     return _json(exc.http_status, body, headers)
 
 
@@ -377,7 +391,6 @@ def _accept(importer: ImporterLike, request: ImportRequest, location: str) -> Re
     record = importer.accept(request)
     if record.status == Status.SUCCEEDED:
         return _json(200, _success(record, None))
-    importer.enqueue(request)
     return _json(
         202,
         {"import": record.public()},
@@ -385,8 +398,24 @@ def _accept(importer: ImporterLike, request: ImportRequest, location: str) -> Re
     )
 
 
-def _answer(importer: ImporterLike, outcome: OutcomeLike, location: str) -> Response[Any]:
-    """A synchronous import's outcome as the documented answer (docs/api.md)."""
+# Categories of an attempt that Zoho (or the connection to it) ended: a 503. Anything else kept
+# for later was our own wait (the rate limiter, a settle time, another attempt): a 202.
+_ZOHO_CATEGORIES = frozenset(
+    {
+        "unknown_outcome",
+        "zoho_unavailable",
+        "connection_broken",
+        "auth",
+        "scope_missing",
+        "lookup_refused",
+        "lookup_unprovable",
+    }
+)
+
+
+def _answer(outcome: OutcomeLike, location: str) -> Response[Any]:
+    """A synchronous import's outcome as the documented answer (docs/api.md). Each says only
+    what is known: 429 only when nothing was recorded (nothing imported, nothing owed)."""
     record = outcome.record
     if outcome.result in {"imported", "already_imported"}:
         return _json(200, _success(record, outcome.zoho_data))
@@ -401,24 +430,43 @@ def _answer(importer: ImporterLike, outcome: OutcomeLike, location: str) -> Resp
             record,
         )
     wait = _seconds(outcome.retry_after)
-    if outcome.rate_limited:
+    if outcome.result == "in_progress":
+        return error_response(
+            InProgress(
+                "Another request is importing this record and has not finished yet; poll the "
+                "Location for its outcome.",
+                wait,
+            ),
+            record,
+            location,
+        )
+    if not outcome.recorded:
         message = (
             f"Rate limited ({_reason(error, 'no request slot with Zoho for this organization')})."
             f" Nothing was imported; retry after {wait} seconds."
         )
-        return error_response(RateLimited(message, wait), record if outcome.recorded else None)
-    if outcome.parked:  # the re-drive job holds it; a queue message would be a second owner
+        kept = record if record.status is not Status.IN_PROGRESS else None  # as it was before
+        return error_response(RateLimited(message, wait), kept)
+    if outcome.parked:  # the re-drive job holds it
         then = f"after {record.next_attempt_at}" if record.next_attempt_at else "later"
-        next_step = f"The import is parked and will be retried automatically {then}."
-    else:
-        importer.enqueue(outcome.request, delay_seconds=min(wait, SQS_MAX_DELAY_SECONDS))
-        next_step = f"The import is queued for retry in {wait} seconds."
-    message = f"Zoho could not complete the import now ({_reason(error, 'unavailable')}). "
-    return error_response(
-        RetryQueued(message + next_step + " Poll the Location for its status.", wait),
-        record,
-        location,
+        next_step = f"It is parked and will be tried again automatically {then}."
+    elif outcome.queued:
+        next_step = f"It is queued for another attempt in {wait} s."
+    else:  # another attempt's message or lease holds it
+        next_step = f"Another attempt holds it; the next is due in about {wait} s."
+    by_zoho = (
+        error is not None
+        and not outcome.deferred  # a wait of our own this time, whatever failed before
+        and (error.category in _ZOHO_CATEGORIES or error.http_status is not None)
     )
+    known = (record.detail or "").strip() or (
+        f"Zoho could not complete the import now ({_reason(error, 'unavailable')})."
+        if by_zoho
+        else f"Not imported yet ({_reason(error, 'waiting')})."
+    )
+    message = f"{known} {next_step} Poll the Location for its status."
+    exc = RetryQueued(message, wait) if by_zoho else Deferred(message, wait)
+    return error_response(exc, record, location)
 
 
 def _success(record: ImportRecord, zoho_data: Mapping[str, Any] | None) -> dict[str, Any]:

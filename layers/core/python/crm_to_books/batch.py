@@ -2,9 +2,10 @@
 
 - good record: imported (or failed for good at Zoho: the ledger says so) and deleted;
 - retry later: back to the queue after `retry_after` (its visibility timeout), reported;
-- rate-limited (nothing reached Zoho), or not started because the function is running out of
-  time: sent again as a fresh message (delayed by `retry_after`) and the original deleted, so
-  waiting for Zoho's limits never counts towards the queue's `maxReceiveCount` and the DLQ
+- rate-limited (nothing reached Zoho), waiting on the service's own rules (the settle time
+  after an unknown outcome, another attempt's lease), or not started because the function is
+  running out of time: sent again as a fresh message (delayed by `retry_after`) and the
+  original deleted, so waiting never counts towards the queue's `maxReceiveCount` and the DLQ
   only ever holds imports that really failed again and again;
 - poison (can never succeed): recorded as failed where it names a ledger key, and deleted,
   so it neither blocks the batch nor loops until the DLQ.
@@ -94,7 +95,7 @@ def _record_handler(
         if outcome.parked:  # the re-drive job owns it now; the message is done
             logger.info("import parked", extra=log)
             return "parked"
-        if outcome.rate_limited:
+        if outcome.rate_limited or outcome.deferred:
             delay = _visibility(outcome.retry_after)
             _requeue(sqs, record, min(delay, SQS_MAX_DELAY_SECONDS))
             logger.info("import requeued", extra={**log, "retry_after": delay})

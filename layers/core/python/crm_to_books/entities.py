@@ -3,31 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["account", "contact", "vendor", "item"]
+Match = Literal["match", "other", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
 class Entity:
     kind: Kind
-    crm_module: str  # the CRM module the record lives in, for messages
+    crm_module: str  # the Zoho CRM module the record lives in
     result_keys: tuple[str, ...]  # keys of Zoho's `data` that carry the Books id, in order
-    lookup_path: str  # Books list endpoint that finds an imported record by its CRM id
-    lookup_param: str  # query parameter of that endpoint
-    lookup_list_key: str  # key of the list in the look-up answer
-    lookup_id_key: str  # key of the Books id inside each listed record
+    books_resource: str  # Books resource: /books/v3/{resource} lists, /{resource}/{id} reads
+    books_record_key: str  # key of the one record in a single-record read (`contact`, `item`)
+    crm_id_field: str  # the Books field (and list filter) holding the CRM id
+    contact_type: str | None  # `contact_type` a matching Books contact has (None: items)
     scope: str  # OAuth scope Zoho requires for the import
-    sync_mode: str  # the Books CRM sync mode Zoho requires, for error messages
+    read_scope: str  # OAuth scope the look-up (list and read) requires
 
     def import_path(self, crm_id: str) -> str:
         return f"/books/v3/crm/{self.kind}/{crm_id}/import"
 
     @property
+    def list_path(self) -> str:
+        return f"/books/v3/{self.books_resource}"
+
+    def read_path(self, books_id: str) -> str:
+        return f"/books/v3/{self.books_resource}/{books_id}"
+
+    @property
     def books_id_key(self) -> str:
         return self.result_keys[0]
 
-    def books_id(self, data: dict[str, object]) -> str | None:
+    def books_id(self, data: dict[str, Any]) -> str | None:
         """The Books id from Zoho's `data`, as a string (ids overflow JavaScript numbers)."""
         for key in self.result_keys:
             value = data.get(key)
@@ -35,53 +43,55 @@ class Entity:
                 return str(value)
         return None
 
+    def match(self, row: Any, crm_id: str) -> Match:
+        """Whether a Books record is the one imported from `crm_id`, proven by its own fields:
+        `match` (its CRM id field says so and its kind fits), `other` (proven not), `unknown`
+        (a field that would prove it is absent: read the single record)."""
+        if not isinstance(row, dict):
+            return "other"
+        if self.contact_type is not None:
+            kind = row.get("contact_type")
+            if kind is None:
+                return "unknown"
+            if str(kind) != self.contact_type:
+                return "other"
+        if self.crm_id_field not in row or row[self.crm_id_field] is None:
+            return "unknown"
+        value = str(row[self.crm_id_field]).strip()
+        return "match" if value.isdigit() and value.lstrip("0") == crm_id.lstrip("0") else "other"
+
 
 _CONTACT_RESULT = ("contact_id", "customer_id")
 
+
+def _contacts(kind: Kind, crm_module: str, field: str, contact_type: str) -> Entity:
+    return Entity(
+        kind=kind,
+        crm_module=crm_module,
+        result_keys=_CONTACT_RESULT,
+        books_resource="contacts",
+        books_record_key="contact",
+        crm_id_field=field,
+        contact_type=contact_type,
+        scope="ZohoBooks.contacts.CREATE",
+        read_scope="ZohoBooks.contacts.READ",
+    )
+
+
 ENTITIES: dict[str, Entity] = {
-    "account": Entity(
-        kind="account",
-        crm_module="Accounts",
-        result_keys=_CONTACT_RESULT,
-        lookup_path="/books/v3/contacts",
-        lookup_param="zcrm_account_id",
-        lookup_list_key="contacts",
-        lookup_id_key="contact_id",
-        scope="ZohoBooks.contacts.CREATE",
-        sync_mode="Accounts and Contacts, or Accounts only",
-    ),
-    "contact": Entity(
-        kind="contact",
-        crm_module="Contacts",
-        result_keys=_CONTACT_RESULT,
-        lookup_path="/books/v3/contacts",
-        lookup_param="zcrm_contact_id",
-        lookup_list_key="contacts",
-        lookup_id_key="contact_id",
-        scope="ZohoBooks.contacts.CREATE",
-        sync_mode="Contacts only (or Accounts and their Contacts)",
-    ),
-    "vendor": Entity(
-        kind="vendor",
-        crm_module="Vendors",
-        result_keys=_CONTACT_RESULT,
-        lookup_path="/books/v3/contacts",
-        lookup_param="zcrm_vendor_id",
-        lookup_list_key="contacts",
-        lookup_id_key="contact_id",
-        scope="ZohoBooks.contacts.CREATE",
-        sync_mode="Vendor only",
-    ),
+    "account": _contacts("account", "Accounts", "zcrm_account_id", "customer"),
+    "contact": _contacts("contact", "Contacts", "zcrm_contact_id", "customer"),
+    "vendor": _contacts("vendor", "Vendors", "zcrm_vendor_id", "vendor"),
     "item": Entity(
         kind="item",
         crm_module="Products",
         result_keys=("item_id",),
-        lookup_path="/books/v3/items",
-        lookup_param="zcrm_product_id",
-        lookup_list_key="items",
-        lookup_id_key="item_id",
+        books_resource="items",
+        books_record_key="item",
+        crm_id_field="zcrm_product_id",
+        contact_type=None,
         scope="ZohoBooks.settings.CREATE",
-        sync_mode="Products only",
+        read_scope="ZohoBooks.settings.READ",
     ),
 }
 
@@ -94,3 +104,8 @@ def get_entity(kind: str) -> Entity:
         return ENTITIES[kind]
     except KeyError:
         raise KeyError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}") from None
+
+
+def kinds_needing(scope: str) -> list[str]:
+    """The kinds whose import or look-up needs `scope`."""
+    return [k for k, e in ENTITIES.items() if scope in (e.scope, e.read_scope)]

@@ -115,3 +115,21 @@ class RetryQueued(ServiceError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Deferred(ServiceError):
+    """Accepted and kept, not done yet, for a reason of this service's own (the rate limiter,
+    the settle time after an unknown outcome): tried again after `retry_after` seconds."""
+
+    code = 1202
+    http_status = 202
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InProgress(Deferred):
+    """Another request's attempt holds the record and did not finish while this one waited."""
+
+    code = 1203

@@ -1,9 +1,17 @@
-"""The import ledger: one DynamoDB record per (organization, kind, CRM id).
+"""The import ledger: one record per (organization, kind, CRM id), and the only code that
+writes it. The engine speaks to it in domain verbs (begin, complete, abandon, park); the
+DynamoDB items, expressions and transactions stay in here.
 
-Status changes are conditional writes. `begin` takes a lease on the record: two concurrent
-attempts on one key can never both reach Zoho's import, and a record that already succeeded
-answers from here. A lease that expires while `in_progress` means its holder died mid-call:
-the next attempt must look the record up in Books before importing again.
+`begin` takes a lease on the record: two concurrent attempts on one key can never both reach
+Zoho's import, and a record that already succeeded answers from here. A lease that ran out
+while `in_progress` means its holder died mid-call: the next attempt inherits the duty to look
+the record up in Books, no sooner than `settle_seconds` after that lease ended (Zoho may still
+be committing what the dead attempt sent).
+
+Status changes are conditional writes; a permit of the rate limiter is released in the same
+transaction as the record it was taken for. A transaction that conflicts with another writer
+of the limiter item (or is throttled) is tried again here, with jitter: an import Zoho made is
+never left unrecorded for that.
 """
 
 from __future__ import annotations
@@ -12,11 +20,12 @@ import base64
 import binascii
 import builtins
 import json
+import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -26,7 +35,19 @@ from crm_to_books.models import ImportError_, ImportRecord, ImportRequest, Statu
 from crm_to_books.topology import LEDGER_STATUS_INDEX
 
 KEEP_CORRELATION_IDS = 10
+WRITE_TRIES = 5  # a transaction lost to a conflict or a throttle is tried this often
 _RECORD_FIELDS = set(ImportRecord.model_fields)
+_RETRYABLE = {
+    "TransactionConflict",
+    "TransactionConflictException",
+    "ThrottlingError",
+    "ThrottlingException",
+    "ProvisionedThroughputExceeded",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TransactionInProgressException",
+    "InternalServerError",
+}
 
 
 def iso(epoch: float) -> str:
@@ -40,7 +61,16 @@ def _key(organization_id: str, kind: str, crm_id: str) -> dict[str, str]:
 def to_record(item: dict[str, Any]) -> ImportRecord:
     data = {k: v for k, v in item.items() if k in _RECORD_FIELDS}
     data["sources"] = sorted(data.get("sources") or [])
+    data["correlation_ids"] = list(data.get("correlation_ids") or [])[-KEEP_CORRELATION_IDS:]
     return ImportRecord.model_validate(data)
+
+
+class PermitReleases(Protocol):
+    """What the ledger needs from the rate limiter to release a permit with its record."""
+
+    def release_update(self, permit: Any) -> dict[str, Any]: ...
+    def released(self, permit: Any) -> None: ...
+    def release(self, permit: Any) -> None: ...
 
 
 @dataclass(slots=True)
@@ -49,13 +79,23 @@ class Claim:
 
     request: ImportRequest
     owner: str
-    item: dict[str, Any]  # the record as this attempt believes it is
+    started: float  # when this attempt took the lease
+    record: ImportRecord  # the record as this attempt found it (status in_progress)
     needs_lookup: bool  # an earlier attempt's outcome is unknown: look up before importing
-    previous: dict[str, Any] = field(default_factory=dict)  # the record before this attempt
+    lookup_after: float  # ... and not before this time (Zoho may still be committing it)
+    retries: int  # consecutive retries so far, for back-off
+    attempts: int  # calls to Zoho's import so far
+    _previous: dict[str, Any] = field(default_factory=dict, repr=False)  # for `abandon`
+    _correlation_ids: list[str] = field(default_factory=list, repr=False)
 
     @property
-    def record(self) -> ImportRecord:
-        return to_record(self.item)
+    def is_new(self) -> bool:
+        """No record existed before this attempt."""
+        return not self._previous
+
+    @property
+    def previous(self) -> ImportRecord | None:
+        return to_record(self._previous) if self._previous else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +111,8 @@ class Busy:
 
 @dataclass(slots=True)
 class Completion:
+    """How an attempt ends, as the ledger records it."""
+
     status: Status
     books_id: str | None = None
     error: ImportError_ | None = None
@@ -78,9 +120,10 @@ class Completion:
     next_attempt_at: float | None = None
     parked: bool = False
     needs_lookup: bool = False
+    lookup_after: float | None = None
     zoho_calls: int = 0
     in_dlq: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
 
 
 class Ledger:
@@ -89,10 +132,14 @@ class Ledger:
         table_name: str,
         client: Any = None,
         clock: Callable[[], float] = time.time,
+        permits: PermitReleases | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._table = table_name
         self._client = client
         self._clock = clock
+        self._permits = permits
+        self._sleep = sleep
 
     @property
     def client(self) -> Any:
@@ -102,9 +149,9 @@ class Ledger:
             self._client = aws.client("dynamodb")
         return self._client
 
-    # --- the import's own writes -----------------------------------------------------------
+    # --- the attempt's own writes -----------------------------------------------------------
     def begin(
-        self, request: ImportRequest, owner: str, lease_seconds: float
+        self, request: ImportRequest, owner: str, lease_seconds: float, settle_seconds: float
     ) -> Claim | AlreadySucceeded | Busy:
         now = self._clock()
         org, kind, crm_id = request.key
@@ -157,28 +204,59 @@ class Ledger:
                 return AlreadySucceeded(record)
             return Busy(record, max(float(current.get("lease_until", now)) - now, 0.5))
         old = dynamo.load(answer.get("Attributes")) or {}
-        taken_over = old.get("status") == Status.IN_PROGRESS.value
+        correlation_ids = [*old.get("correlation_ids", []), *cid]
+        if len(correlation_ids) > KEEP_CORRELATION_IDS:
+            correlation_ids = correlation_ids[-KEEP_CORRELATION_IDS:]
+            self._trim_correlation_ids(org, kind, crm_id, owner, correlation_ids)
+        needs_lookup = bool(old.get("needs_lookup"))
+        lookup_after = float(old.get("lookup_after") or 0)
+        if old.get("status") == Status.IN_PROGRESS.value:
+            # Its holder died mid-attempt: whatever it sent reached Zoho before its lease ended.
+            needs_lookup = True
+            lookup_after = max(lookup_after, float(old.get("lease_until", now)) + settle_seconds)
         item = {
             **_key(org, kind, crm_id),
             "attempts": 0,
             **old,
             **sets,
             "created_at": old.get("created_at", iso(now)),
-            "correlation_ids": [*old.get("correlation_ids", []), *cid],
+            "correlation_ids": correlation_ids,
             "sources": set(old.get("sources") or set()) | {request.source},
+            "needs_lookup": needs_lookup,
         }
         return Claim(
-            request,
-            owner,
-            item,
-            needs_lookup=taken_over or bool(old.get("needs_lookup")),
-            previous=old,
+            request=request,
+            owner=owner,
+            started=now,
+            record=to_record(item),
+            needs_lookup=needs_lookup,
+            lookup_after=lookup_after,
+            retries=int(old.get("retries", 0)),
+            attempts=int(old.get("attempts", 0)),
+            _previous=old,
+            _correlation_ids=correlation_ids,
         )
 
-    def complete(
-        self, claim: Claim, done: Completion, also: list[dict[str, Any]] | None = None
-    ) -> ImportRecord:
-        """Write the attempt's result and drop the lease; `also` rides in the same transaction."""
+    def _trim_correlation_ids(
+        self, org: str, kind: str, crm_id: str, owner: str, keep: list[str]
+    ) -> None:
+        """Under the lease nobody else appends: the newest ids replace the list."""
+        try:
+            self.client.update_item(
+                TableName=self._table,
+                Key=dynamo.dump(_key(org, kind, crm_id)),
+                UpdateExpression="SET correlation_ids = :keep",
+                ConditionExpression="lease_owner = :owner",
+                ExpressionAttributeValues=dynamo.dump_values({":keep": keep, ":owner": owner}),
+            )
+        except ClientError as exc:
+            if not dynamo.condition_failed(exc):
+                raise
+
+    def complete(self, claim: Claim, done: Completion, permit: Any = None) -> ImportRecord:
+        """Write the attempt's result and drop the lease; the permit's release rides in the
+        same transaction. If the lease was lost meanwhile (the attempt outlived it), the record
+        is left to its new holder, whose look-up-first path makes this harmless."""
         now = self._clock()
         org, kind, crm_id = claim.request.key
         sets: dict[str, Any] = {
@@ -187,9 +265,9 @@ class Ledger:
             "updated_at": iso(now),
             "parked": done.parked,
             "needs_lookup": done.needs_lookup,
-            "attempts": int(claim.item.get("attempts", 0)) + done.zoho_calls,
-            "correlation_ids": claim.item.get("correlation_ids", [])[-KEEP_CORRELATION_IDS:],
-            **done.extra,
+            "attempts": claim.attempts + done.zoho_calls,
+            "correlation_ids": claim._correlation_ids[-KEEP_CORRELATION_IDS:],
+            "retries": done.retries if done.status is Status.RETRYING else 0,
         }
         removes = ["lease_owner", "lease_until"]
         optional = {
@@ -198,6 +276,7 @@ class Ledger:
             "detail": done.detail,
             "next_attempt_at": iso(done.next_attempt_at) if done.next_attempt_at else None,
             "next_attempt_epoch": done.next_attempt_at,
+            "lookup_after": done.lookup_after if done.needs_lookup else None,
         }
         for name, value in optional.items():
             if value is not None:
@@ -221,61 +300,89 @@ class Ledger:
                 {**{f":{k}": v for k, v in sets.items()}, ":owner": claim.owner}
             ),
         }
-        try:
-            if also:
-                self.client.transact_write_items(TransactItems=[{"Update": update}, *also])
-            else:
-                self.client.update_item(**update)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code not in {"ConditionalCheckFailedException", "TransactionCanceledException"}:
-                raise
-            reasons = dynamo.transaction_reasons(exc)
-            if reasons and reasons[0].get("Code") != "ConditionalCheckFailed":
-                raise
-            # The lease was lost (this attempt outlived it): another attempt owns the record now.
-            # Its own look-up-first path makes this harmless; still release what rides along.
-            for item in also or []:
-                upd = dict(item["Update"])
-                self.client.update_item(**upd)
+        if not self._write_with_permit({"Update": update}, permit):
             current = self.get(org, kind, crm_id)
             if current is not None:
                 return current
-        item = {**claim.item, **sets}
+        item = {**claim._previous, **_key(org, kind, crm_id), **sets}
+        item.update(
+            organization_id=org,
+            kind=kind,
+            crm_id=crm_id,
+            created_at=claim.record.created_at,
+            sources=set(claim.record.sources),
+        )
         for name in removes:
             item.pop(name, None)
-        claim.item = item
         return to_record(item)
 
-    def abandon(self, claim: Claim, also: list[dict[str, Any]] | None = None) -> bool:
+    def abandon(self, claim: Claim, permit: Any = None) -> bool:
         """Undo `begin` when the attempt did nothing the record must remember (a synchronous
         caller told to retry later): the record goes back to what it was, or away if new."""
         org, kind, crm_id = claim.request.key
-        key = dynamo.dump(_key(org, kind, crm_id))
         mine = {
             "ConditionExpression": "lease_owner = :owner",
             "ExpressionAttributeValues": dynamo.dump_values({":owner": claim.owner}),
         }
         write: dict[str, Any]
-        if claim.previous:
-            write = {"Put": {"TableName": self._table, "Item": dynamo.dump(claim.previous), **mine}}
+        if claim._previous:
+            write = {
+                "Put": {"TableName": self._table, "Item": dynamo.dump(claim._previous), **mine}
+            }
         else:
+            key = dynamo.dump(_key(org, kind, crm_id))
             write = {"Delete": {"TableName": self._table, "Key": key, **mine}}
+        return self._write_with_permit(write, permit)
+
+    def _write_with_permit(self, write: dict[str, Any], permit: Any) -> bool:
+        """One conditional write of the record, with the permit's release in the same
+        transaction. False: the condition (our lease) failed, and the permit was released
+        on its own. Conflicts and throttles are tried again; should they persist, the record
+        is written alone and the permit released apart (a permit never released would only
+        count as a finished call when its lease ends)."""
+        also = [self._permits.release_update(permit)] if permit and self._permits else []
+        for attempt in range(WRITE_TRIES):
+            try:
+                if also:
+                    self.client.transact_write_items(TransactItems=[write, *also])
+                else:
+                    self._write_alone(write)
+            except ClientError as exc:
+                if _lost_condition(exc):
+                    self._release_alone(permit)
+                    return False
+                if not _retryable(exc):
+                    raise
+                if attempt == WRITE_TRIES - 1 and also:
+                    break
+                if attempt == WRITE_TRIES - 1:
+                    raise
+                self._sleep(random.uniform(0, 0.05 * 2**attempt))
+                continue
+            if also and self._permits:
+                self._permits.released(permit)
+            return True
         try:
-            if also:
-                self.client.transact_write_items(TransactItems=[write, *also])
-            elif claim.previous:
-                self.client.put_item(**write["Put"])
-            else:
-                self.client.delete_item(**write["Delete"])
+            self._write_alone(write)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code not in {"ConditionalCheckFailedException", "TransactionCanceledException"}:
+            if not _lost_condition(exc):
                 raise
-            for item in also or []:
-                self.client.update_item(**item["Update"])
+            self._release_alone(permit)
             return False
+        self._release_alone(permit)
         return True
+
+    def _write_alone(self, write: dict[str, Any]) -> None:
+        ((verb, request),) = write.items()
+        method = {"Update": "update_item", "Put": "put_item", "Delete": "delete_item"}[verb]
+        getattr(self.client, method)(**request)
+
+    def _release_alone(self, permit: Any) -> None:
+        if permit and self._permits:
+            try:
+                self._permits.release(permit)
+            except ClientError:
+                pass  # its lease runs out and it counts as a call that finished then
 
     # --- other writers ----------------------------------------------------------------------
     def mark_queued(self, request: ImportRequest) -> tuple[ImportRecord, bool]:
@@ -303,7 +410,28 @@ class Ledger:
             if not dynamo.condition_failed(exc):
                 raise
             return to_record(dynamo.old_item(exc) or {}), False
-        return to_record(dynamo.load(answer["Attributes"]) or {}), True
+        item = dynamo.load(answer["Attributes"]) or {}
+        ids = list(item.get("correlation_ids") or [])
+        if len(ids) > KEEP_CORRELATION_IDS:
+            self._trim_appended(org, kind, crm_id, ids)
+        return to_record(item), True
+
+    def _trim_appended(self, org: str, kind: str, crm_id: str, seen: list[str]) -> None:
+        """Keep the newest ids of a list others may append to: only if it is still the list
+        we saw (else the writer who changed it trims it)."""
+        try:
+            self.client.update_item(
+                TableName=self._table,
+                Key=dynamo.dump(_key(org, kind, crm_id)),
+                UpdateExpression="SET correlation_ids = :keep",
+                ConditionExpression="size(correlation_ids) = :n",
+                ExpressionAttributeValues=dynamo.dump_values(
+                    {":keep": seen[-KEEP_CORRELATION_IDS:], ":n": len(seen)}
+                ),
+            )
+        except ClientError as exc:
+            if not dynamo.condition_failed(exc):
+                raise
 
     def reject(
         self, organization_id: str, kind: str, crm_id: str, source: str, reason: str
@@ -470,28 +598,37 @@ class Ledger:
     def due(
         self,
         organization_id: str,
-        early_categories: Iterable[str] = (),
+        early: Callable[[ImportRecord], bool] | None = None,
         stranded_after: float | None = None,
     ) -> builtins.list[ImportRecord]:
-        """Parked records whose time has come, and those parked for an error category in
-        `early_categories` whatever their time (the cause is known to be gone). With
-        `stranded_after`: also unparked `retrying` records (not dead-lettered) whose next attempt
-        is that many seconds overdue: whatever message held them is gone."""
-        when = "next_attempt_epoch <= :now"
-        values: dict[str, Any] = {":t": True, ":now": self._clock()}
-        early = sorted(set(early_categories))
-        if early:
-            names = ", ".join(f":c{i}" for i in range(len(early)))
-            when = f"({when} OR last_error.category IN ({names}))"
-            values |= {f":c{i}": category for i, category in enumerate(early)}
-        condition = f"parked = :t AND {when}"
+        """Parked records whose time has come, and those `early` says may go now whatever
+        their time (their cause is known to be gone). With `stranded_after`: also unparked
+        `retrying` records (not dead-lettered) whose next attempt is that many seconds overdue,
+        and `queued` records that old: whatever message held them is gone."""
+        now = self._clock()
+        condition = "parked = :t"
+        values: dict[str, Any] = {":t": True}
         if stranded_after is not None:
             condition = (
                 f"({condition}) OR (parked = :f AND (attribute_not_exists(in_dlq) OR in_dlq = :f)"
                 " AND next_attempt_epoch < :stranded)"
             )
-            values |= {":f": False, ":stranded": self._clock() - stranded_after}
-        return self._query_index(organization_id, Status.RETRYING, condition, values)
+            values |= {":f": False, ":stranded": now - stranded_after}
+        waiting = self._query_index(organization_id, Status.RETRYING, condition, values)
+        out = [
+            r
+            for r in waiting
+            if not r.parked or epoch(r.next_attempt_at) <= now or (early is not None and early(r))
+        ]
+        if stranded_after is not None:
+            out += self._query_index(
+                organization_id,
+                Status.QUEUED,
+                None,
+                {":before": iso(now - stranded_after)},
+                sort_condition="updated_at < :before",
+            )
+        return out
 
     def abandoned(self, organization_id: str, grace: float = 60.0) -> builtins.list[ImportRecord]:
         """`in_progress` records whose attempt died (its lease ran out `grace` seconds ago) and
@@ -504,24 +641,51 @@ class Ledger:
         )
 
     def _query_index(
-        self, organization_id: str, status: Status, condition: str, values: dict[str, Any]
+        self,
+        organization_id: str,
+        status: Status,
+        condition: str | None,
+        values: dict[str, Any],
+        sort_condition: str | None = None,
     ) -> builtins.list[ImportRecord]:
         out: builtins.list[ImportRecord] = []
+        key = "org_status = :os" + (f" AND {sort_condition}" if sort_condition else "")
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": LEDGER_STATUS_INDEX,
-            "KeyConditionExpression": "org_status = :os",
-            "FilterExpression": condition,
+            "KeyConditionExpression": key,
             "ExpressionAttributeValues": dynamo.dump_values(
                 {":os": f"{organization_id}#{status.value}", **values}
             ),
         }
+        if condition:
+            query["FilterExpression"] = condition
         while True:
             answer = self.client.query(**query)
             out.extend(to_record(dynamo.load(i) or {}) for i in answer.get("Items", []))
             if not answer.get("LastEvaluatedKey"):
                 return out
             query["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+
+def epoch(value: str | None) -> float:
+    if not value:
+        return 0.0
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def _lost_condition(exc: ClientError) -> bool:
+    if dynamo.condition_failed(exc):
+        return True
+    reasons = dynamo.transaction_reasons(exc)
+    return bool(reasons) and reasons[0].get("Code") == "ConditionalCheckFailed"
+
+
+def _retryable(exc: ClientError) -> bool:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    if code in _RETRYABLE:
+        return True
+    return any(r.get("Code") in _RETRYABLE for r in dynamo.transaction_reasons(exc))
 
 
 def _encode_cursor(key: dict[str, Any]) -> str:

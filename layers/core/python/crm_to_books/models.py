@@ -5,13 +5,20 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_to_books.entities import KINDS
 from crm_to_books.errors import InvalidRequest
 
 ID_PATTERN = r"^[0-9]{1,19}$"
 ZohoId = Annotated[str, Field(pattern=ID_PATTERN, description="decimal string, 1 to 19 digits")]
+
+
+def canonical_id(value: str) -> str:
+    """One form per Zoho id: `007` and `7` are the same record to Zoho (ids are numbers)."""
+    return value.lstrip("0") or "0"
+
+
 Source = Literal["http", "sqs", "eventbridge", "schedule", "cli", "redrive"]
 
 
@@ -33,6 +40,11 @@ class ImportRequest(BaseModel):
     crm_id: ZohoId
     source: Source = "http"
     correlation_id: str | None = Field(default=None, max_length=128)
+
+    @field_validator("organization_id", "crm_id")
+    @classmethod
+    def _canonical(cls, value: str) -> str:
+        return canonical_id(value)
 
     @classmethod
     def parse(cls, **fields: Any) -> ImportRequest:
@@ -99,6 +111,9 @@ class ImportRecord(BaseModel):
     detail: str | None = None  # a sentence: what happened and what the service does next
     parked: bool = False  # True: no queue message holds it; the re-drive job re-enqueues it
     in_dlq: bool = False
+    # True: an earlier attempt's outcome is unknown (Zoho may have imported it); the record is
+    # looked up in Books before anything is sent again.
+    needs_lookup: bool = False
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

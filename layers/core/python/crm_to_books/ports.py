@@ -21,7 +21,7 @@ class OutcomeLike(Protocol):
     @property
     def record(self) -> ImportRecord: ...
     @property
-    def result(self) -> str: ...  # imported, already_imported, failed, retry_later
+    def result(self) -> str: ...  # imported, already_imported, failed, retry_later, in_progress
     @property
     def retry_after(self) -> float | None: ...
     @property
@@ -34,6 +34,10 @@ class OutcomeLike(Protocol):
     def parked(self) -> bool: ...  # the ledger (re-drive job) holds it, not a queue message
     @property
     def recorded(self) -> bool: ...  # False: nothing of this attempt is in the ledger
+    @property
+    def queued(self) -> bool: ...  # the engine queued a message that holds the import now
+    @property
+    def deferred(self) -> bool: ...  # a wait of the service's own, not a failure
 
 
 class LedgerLike(Protocol):
@@ -56,7 +60,7 @@ class ImporterLike(Protocol):
     def ledger(self) -> LedgerLike: ...
 
     def run(
-        self, request: ImportRequest, *, last_delivery: bool = False, hold: bool = True
+        self, request: ImportRequest, *, last_delivery: bool = False, sync: bool = False
     ) -> OutcomeLike: ...
     def accept(self, request: ImportRequest) -> ImportRecord: ...
     def enqueue(self, request: ImportRequest, delay_seconds: float = 0) -> object: ...

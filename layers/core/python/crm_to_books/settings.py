@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from crm_to_books.entities import KINDS
 from crm_to_books.errors import ConfigurationError
@@ -48,7 +55,13 @@ class Settings(BaseModel):
     token_wait_seconds: float = Field(default=8.0, ge=0, le=60)
     # How long an attempt holds a record: longer than any attempt a function can make.
     attempt_lease_seconds: float = Field(default=40.0, ge=1, le=900)
-    ledger_retention_days: int = Field(default=0, ge=0, description="0 keeps records forever")
+    # After an unknown outcome, no look-up (and so no new import) sooner than this after the
+    # ambiguous call was sent: Zoho may still be committing it. The default covers any
+    # plausible slow commit: over 2 minutes, and longer than a function's timeout plus a read.
+    lookup_settle_seconds: float = Field(default=180.0, gt=0, le=3600)
+    # A synchronous caller that finds the record being imported waits this long for that
+    # attempt's result (API Gateway gives a call 29 s).
+    sync_wait_seconds: float = Field(default=20.0, ge=0, le=25)
 
     @field_validator("import_kind")
     @classmethod
@@ -65,12 +78,19 @@ class Settings(BaseModel):
             raise ValueError(f"unknown kinds {unknown}: expected {', '.join(KINDS)}")
         return value
 
-    def model_post_init(self, __context: Any) -> None:
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
         missing = sorted(
             {o.connection for o in self.organizations.values()} - set(self.connections)
         )
         if missing:
             raise ValueError(f"organizations use connections with no secret: {missing}")
+        if self.lookup_settle_seconds <= self.zoho_connect_timeout + self.zoho_read_timeout:
+            raise ValueError(
+                "lookup_settle_seconds must be longer than ZOHO_CONNECT_TIMEOUT + "
+                "ZOHO_READ_TIMEOUT: a look-up must not race the call it checks"
+            )
+        return self
 
     def organization(self, organization_id: str) -> Organization:
         """The organization's settings; UnknownOrganization if it is not configured."""

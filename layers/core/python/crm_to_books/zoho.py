@@ -28,6 +28,8 @@ DATA_CENTRES: dict[str, tuple[str, str]] = {
     "ca": ("https://accounts.zohocloud.ca", "https://www.zohoapis.ca"),
     "cn": ("https://accounts.zoho.com.cn", "https://www.zohoapis.com.cn"),
     "sa": ("https://accounts.zoho.sa", "https://www.zohoapis.sa"),
+    "uk": ("https://accounts.zoho.uk", "https://www.zohoapis.uk"),
+    "ae": ("https://accounts.zoho.ae", "https://www.zohoapis.ae"),
 }
 ACCOUNTS_TO_API = dict(DATA_CENTRES.values())
 MAX_MESSAGE = 300
@@ -100,17 +102,30 @@ class TokenError(Exception):
     """The token endpoint refused or failed. `reason` is one of:
 
     invalid_code (refresh token revoked or wrong), invalid_client, invalid_secret: the
-    connection is broken until an operator fixes it; throttled: Zoho's 10-per-10-minutes
-    limit; unavailable: a transient failure (5xx, timeout).
+    connection is broken until an operator fixes it (only Zoho's documented answers, and a
+    secret that lacks a field, mean that); throttled: Zoho's 10-per-10-minutes limit;
+    unavailable: anything else (5xx, 403 or HTML pages, an unknown `error`, a timeout), which
+    is transient and retried with back-off. `http_status` and `excerpt` (a short, redacted
+    piece of the answer) are for the log line.
     """
 
     BROKEN = frozenset({"invalid_code", "invalid_client", "invalid_secret"})
 
-    def __init__(self, reason: str, message: str, retry_after: float = 0.0) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        retry_after: float = 0.0,
+        *,
+        http_status: int | None = None,
+        excerpt: str = "",
+    ) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        self.http_status = http_status
+        self.excerpt = excerpt
 
     @property
     def broken(self) -> bool:
@@ -180,9 +195,8 @@ class ZohoClient:
                 "refresh_token": creds.refresh_token,
             },
         )
-        expires_in = _expires_in(body)
         api_domain = str(body.get("api_domain") or _api_domain_for(creds.accounts_url)).rstrip("/")
-        return AccessToken(str(body["access_token"]), api_domain, self._clock() + expires_in)
+        return AccessToken(str(body["access_token"]), api_domain, self._clock() + _expires_in(body))
 
     def exchange_grant_code(
         self, accounts_url: str, client_id: str, client_secret: str, code: str
@@ -217,25 +231,34 @@ class ZohoClient:
         body = _json(response)
         if body.get("access_token"):
             return body
+        status = response.status_code
         error = str(body.get("error") or "")
         description = str(body.get("error_description") or "")
-        if error == "Access Denied" or "too many requests" in description.lower():
-            raise TokenError(
-                "throttled", "Zoho limits token requests to 10 per 10 minutes", retry_after=600
-            )
-        if error in {"invalid_code", "invalid_client"}:
+        excerpt = _excerpt(response.text, form)
+        if error in {"invalid_code", "invalid_client"}:  # Zoho's documented refusals, any status
             meaning = {
                 "invalid_code": "the refresh token (or grant code) is revoked, expired or wrong",
                 "invalid_client": "the client id or client secret is wrong for this data centre",
             }[error]
-            raise TokenError(error, meaning)
-        if response.status_code >= 500 or not body:
+            raise TokenError(error, meaning, http_status=status, excerpt=excerpt)
+        if status == 429 or error == "Access Denied" or "too many requests" in description.lower():
             raise TokenError(
-                "unavailable",
-                f"token endpoint answered HTTP {response.status_code}",
-                retry_after=30,
+                "throttled",
+                "Zoho limits token requests to 10 per 10 minutes",
+                retry_after=600,
+                http_status=status,
+                excerpt=excerpt,
             )
-        raise TokenError("invalid_code", _clip(f"token endpoint refused: {error or description}"))
+        # Anything else is not known to be the refresh token's fault: a gateway page, a 403 from
+        # a proxy, a 5xx, an error Zoho has not documented. Transient: retried with back-off.
+        said = f" ({_clip(error or description)})" if error or description else ""
+        raise TokenError(
+            "unavailable",
+            f"token endpoint answered HTTP {status}{said}",
+            retry_after=30,
+            http_status=status,
+            excerpt=excerpt,
+        )
 
     # --- Books ----------------------------------------------------------------------------
     def import_record(
@@ -244,36 +267,29 @@ class ZohoClient:
         url = f"{token.api_domain}{entity.import_path(crm_id)}"
         return self._books("POST", url, token, {"organization_id": organization_id})
 
-    def lookup(
+    def list_by_crm_id(
         self, token: AccessToken, entity: Entity, organization_id: str, crm_id: str
     ) -> ZohoAnswer:
-        """Find the Books record imported from this CRM id. SUCCESS with data {books id key: id}
-        when found, SUCCESS with empty data when absent, other categories as for imports."""
-        url = f"{token.api_domain}{entity.lookup_path}"
-        params = {"organization_id": organization_id, entity.lookup_param: crm_id}
-        answer = self._books("GET", url, token, params)
-        if answer.category is not Category.SUCCESS:
-            return answer
-        found = [
-            row
-            for row in answer.data.get(entity.lookup_list_key) or []
-            if isinstance(row, dict) and str(row.get(entity.lookup_param, crm_id)) == crm_id
-        ]
-        data = {}
-        if found and found[0].get(entity.lookup_id_key) is not None:
-            data = {entity.books_id_key: str(found[0][entity.lookup_id_key])}
-        return ZohoAnswer(
-            Category.SUCCESS,
-            answer.http_status,
-            0,
-            "found" if data else "absent",
-            data,
-            answer.rate,
-            answer.elapsed,
-        )
+        """Books records filtered by the CRM id: SUCCESS with Zoho's body as `data` (the rows
+        are proven, or not, by `lookup.py`), other categories as for imports."""
+        url = f"{token.api_domain}{entity.list_path}"
+        params = {"organization_id": organization_id, entity.crm_id_field: crm_id}
+        return self._books("GET", url, token, params, keep_body=True)
+
+    def read_record(
+        self, token: AccessToken, entity: Entity, organization_id: str, books_id: str
+    ) -> ZohoAnswer:
+        """One Books record by its id (`GET /contacts/{id}`, `/items/{id}`), body as `data`."""
+        url = f"{token.api_domain}{entity.read_path(books_id)}"
+        return self._books("GET", url, token, {"organization_id": organization_id}, keep_body=True)
 
     def _books(
-        self, method: str, url: str, token: AccessToken, params: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        token: AccessToken,
+        params: dict[str, str],
+        keep_body: bool = False,
     ) -> ZohoAnswer:
         headers = {"Authorization": f"Zoho-oauthtoken {token.value}", "Accept": "application/json"}
         started = time.perf_counter()
@@ -295,10 +311,12 @@ class ZohoClient:
                 _describe_exc(exc),
                 elapsed=time.perf_counter() - started,
             )
-        return classify(response, time.perf_counter() - started)
+        return classify(response, time.perf_counter() - started, keep_body=keep_body)
 
 
-def classify(response: requests.Response, elapsed: float = 0.0) -> ZohoAnswer:
+def classify(
+    response: requests.Response, elapsed: float = 0.0, keep_body: bool = False
+) -> ZohoAnswer:
     """HTTP status first, Zoho's code second."""
     status = response.status_code
     body = _json(response)
@@ -314,7 +332,7 @@ def classify(response: requests.Response, elapsed: float = 0.0) -> ZohoAnswer:
             data = body.get("data")
             payload = (
                 data
-                if isinstance(data, dict)
+                if isinstance(data, dict) and not keep_body
                 else {k: v for k, v in body.items() if k not in {"code", "message"}}
             )
             return ZohoAnswer(
@@ -341,6 +359,16 @@ def classify(response: requests.Response, elapsed: float = 0.0) -> ZohoAnswer:
     else:
         category = Category.PERMANENT
     return ZohoAnswer(category, status, code, message, rate=rate, elapsed=elapsed)
+
+
+def _excerpt(text: str, form: dict[str, str], limit: int = 160) -> str:
+    """A short, single-line piece of an answer for the log, with every value we sent (which
+    holds secrets) blanked out, should the server have echoed any of it back."""
+    piece = " ".join(text[: limit * 4].split())
+    for value in form.values():
+        if value:
+            piece = piece.replace(value, "[redacted]")
+    return piece[:limit]
 
 
 def _expires_in(body: dict[str, Any]) -> float:

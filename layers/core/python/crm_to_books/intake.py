@@ -1,0 +1,66 @@
+"""Intake: requests accepted for later (async HTTP, the re-drive job, a synchronous caller's
+retry) become queue messages; requests that can never succeed are recorded as refused.
+
+A message is the owner of a `queued` or `retrying` record until a function takes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from crm_to_books.errors import ConfigurationError
+from crm_to_books.ledger import Ledger
+from crm_to_books.models import ImportRecord, ImportRequest
+from crm_to_books.settings import Settings
+
+SQS_MAX_DELAY_SECONDS = 900
+
+
+class Intake:
+    def __init__(self, settings: Settings, ledger: Ledger, sqs: Any = None) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self._sqs = sqs
+
+    @property
+    def sqs(self) -> Any:
+        if self._sqs is None:
+            from crm_to_books import aws
+
+            self._sqs = aws.client("sqs")
+        return self._sqs
+
+    def accept(self, request: ImportRequest) -> ImportRecord:
+        """Async HTTP: the record becomes `queued` and a message is sent, unless it succeeded
+        (answered from the ledger) or an attempt holds it now (that attempt owns it)."""
+        self.settings.organization(request.organization_id)
+        record, take = self.ledger.mark_queued(request)
+        if take:
+            self.enqueue(request)
+        return record
+
+    def enqueue(self, request: ImportRequest, delay_seconds: float = 0) -> None:
+        url = self.settings.queue_urls.get(request.kind)
+        if not url:
+            raise ConfigurationError(f"QUEUE_URLS has no queue for kind {request.kind!r}")
+        attributes = {"source": {"DataType": "String", "StringValue": request.source}}
+        if request.correlation_id:
+            attributes["correlation_id"] = {
+                "DataType": "String",
+                "StringValue": request.correlation_id,
+            }
+        self.sqs.send_message(
+            QueueUrl=url,
+            MessageBody=json.dumps(
+                {"organization_id": request.organization_id, "crm_id": request.crm_id}
+            ),
+            DelaySeconds=min(max(math.ceil(delay_seconds), 0), SQS_MAX_DELAY_SECONDS),
+            MessageAttributes=attributes,
+        )
+
+    def reject(
+        self, kind: str, organization_id: str, crm_id: str, source: str, reason: str
+    ) -> ImportRecord | None:
+        return self.ledger.reject(organization_id, kind, crm_id, source, reason)

@@ -1,0 +1,447 @@
+"""The core promise under the worst Zoho we could reproduce: never a duplicate in Books, never
+an import without an owner, never an answer that claims what is not known.
+
+One test per way a review broke it (issue 10); each failed on the engine before the fix.
+Zoho keeps real time here; the engine's clock (`clock`) is moved past waits instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from crm_to_books import dynamo
+from crm_to_books.models import ImportRequest, Status
+from crm_to_books.pipeline import Importer
+from crm_to_books.settings import Settings
+from crm_to_books.tokens import ZOHO_TOKEN_WINDOW
+from crm_to_books_cli.sandbox import ZohoSandbox
+from crm_to_books_cli.sandbox.testing import wait_until
+from functions.importer import handler as importer_fn
+from tests.functional.conftest import NAMES, ORG, OffsetClock, past_settle, put_connection
+from tests.functional.test_engine_outcomes import imports_of, records_of, request
+from tests.support.lambda_events import LambdaContext, api_event
+
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
+
+
+def post(importer: Importer, kind: str, crm_id: str) -> dict[str, Any]:
+    event = api_event("POST", f"/v1/crm/{kind}/{crm_id}/import", {"organization_id": ORG}, {})
+    return importer_fn.handler(event, LambdaContext(), importer=importer)
+
+
+def queue_depth(kind: str, aws_world: dict[str, Any]) -> int:
+    answer = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=aws_world["queue_urls"][kind],
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"],
+    )["Attributes"]
+    return int(answer["ApproximateNumberOfMessages"]) + int(
+        answer["ApproximateNumberOfMessagesDelayed"]
+    )
+
+
+def connect_with(sandbox: ZohoSandbox, importer: Importer, scope: str) -> None:
+    """The operator connects with a grant code for `scope` (comma-separated scopes)."""
+    refresh, _ = importer.zoho.exchange_grant_code(
+        sandbox.url, sandbox.client_id, sandbox.client_secret, sandbox.issue_grant_code(scope=scope)
+    )
+    put_connection(sandbox, refresh)
+
+
+def committed_then_lost(sandbox: ZohoSandbox, importer: Importer, kind: str, crm_id: str) -> None:
+    """An import Zoho made but whose answer was a 5xx: the ledger must owe a look-up."""
+    sandbox.set_faults(fail_5xx_next=1, fail_5xx_after_commit=True, scope="imports")
+    first = importer.run(request(kind, crm_id))
+    assert first.result == "retry_later" and first.record.needs_lookup
+    assert records_of(sandbox, kind, crm_id) == 1
+    sandbox.clear_faults()
+
+
+# --- 1. a look-up Zoho refuses for good keeps the look-up duty --------------------------------
+@pytest.mark.parametrize("refusal", [400, 404])
+def test_a_lookup_zoho_refuses_keeps_the_duty_and_the_import_is_never_sent_twice(
+    refusal: int,
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    settings: Settings,
+) -> None:
+    # Given an import Zoho made unseen, and a Books that refuses the look-up's filter
+    sandbox.configure(reimport="duplicate")
+    crm_id = sandbox.crm_ids["account"][0]
+    committed_then_lost(sandbox, new_importer(), "account", crm_id)
+    sandbox.configure(lookup_refuses=refusal)
+
+    # When it is tried again, by its own retry and by new requests
+    clock.advance(past_settle(settings))
+    retried = new_importer().run(request("account", crm_id))
+    again = new_importer().run(request("account", crm_id, source="sqs"))
+
+    # Then nothing is imported again, and the record says why and what to check
+    for outcome in (retried, again):
+        assert outcome.result == "retry_later" and outcome.parked
+        assert outcome.record.status is Status.RETRYING and outcome.record.needs_lookup
+        assert outcome.record.last_error
+        assert outcome.record.last_error.category == "lookup_refused"
+        assert f"zcrm_account_id={crm_id}" in (outcome.record.detail or "")
+    assert records_of(sandbox, "account", crm_id) == 1
+
+    # And once Books answers a look-up, it is found, not imported
+    sandbox.configure(lookup_refuses=None)
+    clock.advance(6 * 3600 + 1)
+    done = new_importer().run(request("account", crm_id, source="redrive"))
+    assert done.result == "imported" and "found in Books" in (done.record.detail or "")
+    assert records_of(sandbox, "account", crm_id) == 1 and not done.record.needs_lookup
+
+
+def test_a_lookup_without_the_read_scope_names_that_scope_and_resumes_after_connect(
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    settings: Settings,
+) -> None:
+    # Given a connection that may import contacts but not read them
+    sandbox.configure(reimport="duplicate")
+    importer = new_importer()
+    connect_with(sandbox, importer, "ZohoBooks.contacts.CREATE")
+    crm_id = sandbox.crm_ids["contact"][0]
+    committed_then_lost(sandbox, new_importer(), "contact", crm_id)
+
+    # When its look-up is due
+    clock.advance(past_settle(settings))
+    outcome = new_importer().run(request("contact", crm_id))
+
+    # Then it is parked on the missing READ scope (not the CREATE one), with the fix
+    assert outcome.result == "retry_later" and outcome.parked and outcome.record.needs_lookup
+    assert outcome.record.last_error and outcome.record.last_error.category == "scope_missing"
+    detail = outcome.record.detail or ""
+    assert "ZohoBooks.contacts.READ" in detail and "crm-to-books connect" in detail
+    assert "ZohoBooks.contacts.CREATE" not in detail
+    assert records_of(sandbox, "contact", crm_id) == 1
+
+    # When the operator connects with the scope: the token keeper sees the new refresh token,
+    # the re-drive job resumes the import at once, and the look-up finds it
+    connect_with(sandbox, importer, "ZohoBooks.fullaccess.all")
+    new_importer().keep_tokens_fresh()
+    assert new_importer().redrive_due() == 1
+    done = new_importer().run(request("contact", crm_id, source="redrive"))
+    assert done.result == "imported" and "found in Books" in (done.record.detail or "")
+    assert records_of(sandbox, "contact", crm_id) == 1
+
+
+# --- 2. no look-up while Zoho may still be committing ----------------------------------------
+def test_no_lookup_or_import_runs_while_zoho_may_still_be_committing(
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    settings: Settings,
+) -> None:
+    # Given a Zoho that commits an import 2 s after the client gave up waiting (read 1 s)
+    sandbox.configure(reimport="duplicate")
+    sandbox.set_faults(commit_late_next=1, commit_late_seconds=2.0, scope="imports")
+    crm_id = sandbox.crm_ids["vendor"][0]
+    first = new_importer(zoho_read_timeout=1.0).run(request("vendor", crm_id))
+    assert first.result == "retry_later" and first.record.needs_lookup
+    calls_before = sandbox.counters()["books_requests"]
+
+    # When the queue hands it back a few seconds later (the commit has not landed yet)
+    clock.advance(5)
+    early = new_importer().run(request("vendor", crm_id))
+
+    # Then nothing is asked of Books: the settle time is not over
+    assert early.result == "retry_later" and early.record.needs_lookup
+    assert early.retry_after and early.retry_after > settings.lookup_settle_seconds - 10
+    assert sandbox.counters()["books_requests"] == calls_before
+    assert "looked up in Books" in (early.record.detail or "")
+
+    # And after it, the late commit is found instead of imported a second time
+    wait_until(lambda: records_of(sandbox, "vendor", crm_id) == 1, timeout=10)
+    clock.advance(past_settle(settings))
+    done = new_importer().run(request("vendor", crm_id))
+    assert done.result == "imported" and "found in Books" in (done.record.detail or "")
+    assert records_of(sandbox, "vendor", crm_id) == 1
+
+
+def test_the_settle_time_is_a_setting_that_cannot_race_the_call_it_checks() -> None:
+    from crm_to_books.errors import ConfigurationError
+    from crm_to_books.topology import FUNCTION_TIMEOUT_SECONDS
+
+    env = {
+        "LEDGER_TABLE": "ledger",
+        "STATE_TABLE": "state",
+        "ORGANIZATIONS": json.dumps({ORG: {}}),
+        "CONNECTIONS": json.dumps({"default": "secret"}),
+    }
+    default = Settings.from_env(env)
+    assert default.lookup_settle_seconds >= 120
+    assert default.lookup_settle_seconds > FUNCTION_TIMEOUT_SECONDS + default.zoho_read_timeout
+    with pytest.raises(ConfigurationError, match="lookup_settle_seconds"):
+        Settings.from_env({**env, "LOOKUP_SETTLE_SECONDS": "10", "ZOHO_READ_TIMEOUT": "12"})
+
+
+# --- 3. a sync attempt that owes a look-up and meets a 429 keeps an owner ---------------------
+def test_a_sync_import_that_owes_a_lookup_and_is_throttled_is_queued_and_says_what_is_known(
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    settings: Settings,
+    aws_world: dict[str, Any],
+) -> None:
+    # Given a sync import Zoho made unseen (503 answered, a retry queued)
+    sandbox.configure(reimport="duplicate")
+    crm_id = sandbox.crm_ids["account"][1]
+    importer = new_importer(import_kind="account")
+    sandbox.set_faults(fail_5xx_next=1, fail_5xx_after_commit=True, scope="imports")
+    assert post(importer, "account", crm_id)["statusCode"] == 503
+    sandbox.clear_faults()
+    queued_before = queue_depth("account", aws_world)
+
+    # When the caller tries again after the settle time, and Zoho throttles the look-up (the
+    # import above spent the organization's one call of Zoho's minute)
+    sandbox.configure(rate_window_seconds=60)
+    sandbox.set_limits(ORG, requests_per_minute=1)
+    clock.advance(past_settle(settings))
+    answer = post(new_importer(import_kind="account"), "account", crm_id)
+
+    # Then the answer does not claim nothing was imported, and a message holds the import
+    said = json.loads(answer["body"])
+    assert answer["statusCode"] == 503, said
+    assert "Nothing was imported" not in said["message"]
+    assert "outcome is unknown" in said["message"] or "looked up" in said["message"]
+    assert said["import"]["status"] == "retrying" and said["import"]["needs_lookup"]
+    assert queue_depth("account", aws_world) == queued_before + 1
+    assert records_of(sandbox, "account", crm_id) == 1
+
+
+# --- 4. a missing scope spends one token request and parks only that kind ---------------------
+def test_a_missing_scope_parks_its_kinds_spends_one_token_request_and_other_kinds_go_on(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    # Given a connection that may import items but not contacts
+    connect_with(sandbox, new_importer(), "ZohoBooks.settings.CREATE,ZohoBooks.settings.READ")
+    before = sandbox.counters()["token_requests"]["total"]  # the grant code exchange
+
+    # When many account and vendor imports arrive, each in a fresh container
+    wanted = [(kind, crm_id) for kind in ("account", "vendor") for crm_id in sandbox.crm_ids[kind]]
+    outcomes = [new_importer().run(request(kind, crm_id)) for kind, crm_id in wanted]
+
+    # Then they park on the scope, and 401s spent one token request beyond the first token
+    for outcome in outcomes:
+        assert outcome.result == "retry_later" and outcome.parked
+        assert outcome.record.last_error
+        assert outcome.record.last_error.category == "scope_missing"
+        assert "ZohoBooks.contacts.CREATE" in (outcome.record.detail or "")
+        assert "Zoho's limit" not in (outcome.record.detail or "")
+    assert sandbox.counters()["token_requests"]["total"] - before <= 2
+
+    # And an item import on the same connection goes through
+    item = new_importer().run(request("item", sandbox.crm_ids["item"][0]))
+    assert item.result == "imported"
+
+
+# --- 5. a look-up match must be proven by the record's own fields -----------------------------
+@pytest.mark.parametrize("kind", ["account", "vendor", "item"])
+def test_a_books_record_that_does_not_prove_its_crm_id_is_never_taken_as_the_import(
+    kind: str,
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    settings: Settings,
+) -> None:
+    # Given Books holds other records, and a Books that ignores the look-up's filter and
+    # lists records without their zcrm_* fields
+    for other_kind in ("account", "contact", "vendor", "item"):
+        assert new_importer().run(request(other_kind, sandbox.crm_ids[other_kind][2])).result == (
+            "imported"
+        )
+    crm_id = sandbox.crm_ids[kind][0]
+    sandbox.set_faults(reset_before_next=1, scope="imports")  # never reached Zoho: unknown
+    assert new_importer().run(request(kind, crm_id)).record.needs_lookup
+    sandbox.configure(lookup_ignores_filter=True, lookup_rows_without_crm_id=True)
+
+    # When its look-up runs
+    clock.advance(past_settle(settings))
+    outcome = new_importer().run(request(kind, crm_id))
+
+    # Then no other record is taken for it: it is imported, under its own Books id
+    assert outcome.result == "imported", outcome.record.detail
+    assert "found in Books" not in (outcome.record.detail or "")
+    assert records_of(sandbox, kind, crm_id) == 1 and imports_of(sandbox, kind, crm_id) == 1
+    ledger = new_importer().ledger
+    others = [ledger.get(ORG, k, sandbox.crm_ids[k][2]) for k in ("account", "contact", "vendor")]
+    assert outcome.record.books_id not in {r.books_id for r in others if r}
+
+
+# --- 6. an unrecognised token-endpoint answer is transient -----------------------------------
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    handlers = [
+        h
+        for h in logging.getLogger("crm-to-books").handlers
+        if isinstance(h, logging.StreamHandler)
+    ]
+    streams = [h.setStream(buffer) for h in handlers]
+    yield buffer
+    for h, stream in zip(handlers, streams, strict=True):
+        h.setStream(stream)
+
+
+@pytest.mark.parametrize("answer", ["unknown_error", "html_403", "html_429", "5xx"])
+def test_an_unrecognised_token_endpoint_answer_is_retried_not_a_broken_connection(
+    answer: str,
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    captured_logs: io.StringIO,
+) -> None:
+    sandbox.set_faults(token_fail_next=1, token_fail_answer=answer)
+    crm_id = sandbox.crm_ids["item"][1]
+
+    first = new_importer().run(request("item", crm_id))
+
+    assert first.result == "retry_later" and first.record.last_error
+    assert first.record.last_error.category != "connection_broken"
+    assert [r["status"] for r in new_importer().keep_tokens_fresh()] != ["broken"]
+    logged = captured_logs.getvalue()
+    assert '"http_status"' in logged and "answer_excerpt" in logged
+    for secret in (sandbox.client_secret, sandbox.refresh_token):
+        assert secret not in logged
+    # After its back-off, the connection works without an operator
+    clock.advance(ZOHO_TOKEN_WINDOW + 1)
+    assert new_importer().run(request("item", crm_id)).result == "imported"
+
+
+# --- 7. the refresh lease outlives a slow token request, which is always counted --------------
+def _slow_refresh(importer: Importer, clock: OffsetClock, seconds: float, meanwhile: Any) -> None:
+    """The token request takes `seconds`; `meanwhile` runs while it is in flight."""
+    real = importer.zoho.refresh
+
+    def slow(creds: Any) -> Any:
+        clock.advance(seconds)
+        meanwhile()
+        return real(creds)
+
+    importer.zoho.refresh = slow  # type: ignore[method-assign]
+
+
+def test_a_token_request_slower_than_the_old_lease_is_not_doubled_by_another_container(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer], clock: OffsetClock
+) -> None:
+    first = new_importer()
+    other: list[Any] = []
+    impatient = new_importer(token_wait_seconds=0.3)
+    crm = sandbox.crm_ids["item"]
+    _slow_refresh(first, clock, 16.0, lambda: other.append(impatient.run(request("item", crm[0]))))
+
+    assert first.run(request("item", crm[1])).result == "imported"
+
+    assert other[0].result == "retry_later"  # it waited for the token instead of asking Zoho
+    assert sandbox.counters()["token_requests"]["total"] == 1
+
+
+def test_every_token_request_sent_is_in_the_budget_even_if_its_lease_ran_out(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer], clock: OffsetClock
+) -> None:
+    first, second = new_importer(), new_importer()
+    crm = sandbox.crm_ids["item"]
+    _slow_refresh(first, clock, 60.0, lambda: second.run(request("item", crm[0])))
+
+    first.run(request("item", crm[1]))
+
+    sent = sandbox.counters()["token_requests"]["total"]
+    item = boto3.client("dynamodb").get_item(
+        TableName=NAMES.state_table, Key={"pk": {"S": "token#default"}}
+    )["Item"]
+    assert sent == 2 and len(dynamo.load(item)["refreshes"]) == sent  # type: ignore[index]
+
+
+# --- 8. correlation ids stay bounded ---------------------------------------------------------
+def test_correlation_ids_keep_the_newest_ten_however_often_a_waiting_record_is_asked_for(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    importer = new_importer()
+    crm_id = sandbox.crm_ids["contact"][2]
+    for n in range(40):
+        importer.accept(request("contact", crm_id, correlation_id=f"caller-{n}"))
+
+    raw = boto3.client("dynamodb").get_item(
+        TableName=NAMES.ledger_table,
+        Key={"pk": {"S": f"ORG#{ORG}"}, "sk": {"S": f"contact#{crm_id}"}},
+    )["Item"]
+    ids = dynamo.load(raw)["correlation_ids"]  # type: ignore[index]
+    assert ids == [f"caller-{n}" for n in range(30, 40)]
+
+
+# --- 9. concurrent sync callers get the one attempt's result -----------------------------------
+def test_concurrent_sync_callers_of_one_record_all_get_its_result_not_a_503(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    sandbox.configure(reimport="duplicate")
+    sandbox.set_faults(latency_seconds=0.5)
+    crm_id = sandbox.crm_ids["account"][2]
+    callers = [new_importer(import_kind="account") for _ in range(8)]
+    start = threading.Barrier(len(callers))
+
+    def call(importer: Importer) -> dict[str, Any]:
+        start.wait()
+        return post(importer, "account", crm_id)
+
+    with ThreadPoolExecutor(len(callers)) as pool:
+        answers = list(pool.map(call, callers))
+
+    assert [a["statusCode"] for a in answers] == [200] * 8, [a["body"] for a in answers]
+    ids = {json.loads(a["body"])["data"]["contact_id"] for a in answers}
+    assert len(ids) == 1 and records_of(sandbox, "account", crm_id) == 1
+
+
+# --- suspected, confirmed: a conflicting completion, leading zeros ----------------------------
+def test_a_completion_that_conflicts_with_another_writer_is_retried_not_a_500(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    importer = new_importer()
+    real = importer.ledger.client.transact_write_items
+    conflicts = [2]
+
+    def conflicting(**request: Any) -> Any:
+        if conflicts[0]:
+            conflicts[0] -= 1
+            raise ClientError(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                    "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}],
+                },
+                "TransactWriteItems",
+            )
+        return real(**request)
+
+    importer.ledger.client.transact_write_items = conflicting  # type: ignore[method-assign]
+    crm_id = sandbox.crm_ids["item"][2]
+
+    outcome = importer.run(request("item", crm_id))
+
+    assert outcome.result == "imported" and conflicts == [0]
+    assert importer.ledger.get(ORG, "item", crm_id).status is Status.SUCCEEDED  # type: ignore[union-attr]
+    assert importer.limiter.snapshot(ORG)["in_flight"] == 0
+
+
+def test_a_crm_id_with_leading_zeros_is_the_same_ledger_record(
+    new_importer: Callable[..., Importer],
+) -> None:
+    importer = new_importer()
+    for organization_id, crm_id in ((ORG, "0042"), ("00" + ORG, "42"), (ORG, "000000000000000042")):
+        importer.accept(
+            ImportRequest.parse(kind="contact", organization_id=organization_id, crm_id=crm_id)
+        )
+
+    records, _ = importer.ledger.list(ORG, kind="contact")
+    assert [r.crm_id for r in records] == ["42"]
