@@ -1,8 +1,14 @@
-"""Builds the Lambda layer locally (no Docker): the runtime library and its pinned dependencies.
+"""Builds the Lambda code locally (no Docker): the layer and each function's asset.
 
-Dependencies come from uv.lock (`uv export`), installed as wheels for Lambda's platform
-(CPython 3.14, manylinux aarch64) with `--no-deps`, so the layer holds exactly the locked
-versions. Builds are cached under `.build/`, keyed by a hash of every input.
+The layer holds the runtime library and its pinned dependencies. Dependencies come from uv.lock
+(`uv export`), installed as wheels for Lambda's platform (CPython 3.13, manylinux aarch64) with
+`--no-deps`, so the layer holds exactly the locked versions. A function's asset is its own folder
+under `functions/`, nothing around it.
+
+Both ship bytecode compiled by a 3.13 interpreter (`compileall --invalidation-mode
+unchecked-hash`): Lambda's /opt and /var/task are read-only, so without it every cold start
+compiles every module again, and unchecked .pyc files are used as they are, whatever the zip's
+timestamps. Builds are cached under `.build/`, keyed by a hash of every input.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "layers" / "core" / "python" / "crm_to_books"
 BUILD_ROOT = ROOT / ".build"
 
-PYTHON_VERSION = "3.14"
+# Lambda's Python (infra/constructs/layer.py RUNTIME): the interpreter that builds must be the
+# same minor version, since bytecode only loads on the version that wrote it.
+PYTHON_VERSION = "3.13"
 PLATFORM = "aarch64-manylinux2014"
 # The Lambda runtime ships the AWS SDK; a second copy would only grow the layer.
 PROVIDED_BY_RUNTIME = frozenset({"boto3", "botocore", "s3transfer"})
-BUILD_FORMAT = "1"  # bump when the layout of the build changes
+BUILD_FORMAT = "2"  # bump when the layout of the build changes
 
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 _PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[^\s;]+$")
@@ -63,8 +71,31 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()[:20]
 
 
+def compile_bytecode(directory: Path, shown_as: str) -> None:
+    """Compiles every module under `directory` to `__pycache__/*.cpython-313.pyc`.
+
+    `unchecked-hash` .pyc files are loaded without looking at the source's timestamp or content.
+    `shown_as` is the directory as Lambda mounts it (/opt/python, /var/task): the path the code
+    objects carry, whatever directory the build ran in.
+    """
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON_VERSION:
+        raise RuntimeError(
+            f"bytecode for Lambda's Python {PYTHON_VERSION} cannot be compiled by Python "
+            f"{sys.version.split()[0]} ({sys.executable}): run through `uv run` (`make install`)"
+        )
+    command = [sys.executable, "-m", "compileall", "-q", "-j", "0", "-d", shown_as]
+    command += ["--invalidation-mode", "unchecked-hash", str(directory)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    if done.returncode:
+        raise RuntimeError(f"compileall failed in {directory}:\n{done.stdout}{done.stderr}")
+
+
 def _tree_digest(directory: Path) -> str:
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
     return _digest(
         *(p.relative_to(directory).as_posix().encode() + b"\0" + p.read_bytes() for p in files)
     )
@@ -110,9 +141,8 @@ def _dependencies(pins: str, build_root: Path) -> Path:
         subprocess.run([*install, "-r", str(requirements_file)], check=True)  # noqa: S603
         # Console scripts carry this machine's interpreter path: useless on Lambda.
         shutil.rmtree(site / "bin", ignore_errors=True)
-        for cached in site.rglob("__pycache__"):
-            shutil.rmtree(cached, ignore_errors=True)
         requirements_file.unlink()
+        compile_bytecode(site, "/opt/python")
     return target
 
 
@@ -132,6 +162,23 @@ def build_layer(root: Path = ROOT, build_root: Path = BUILD_ROOT) -> tuple[Path,
     with _building(layers, key) as staging:
         shutil.copytree(deps / "python", staging / "python")
         shutil.copytree(library, staging / "python" / "crm_to_books", ignore=_IGNORED)
+        compile_bytecode(staging / "python" / "crm_to_books", "/opt/python/crm_to_books")
+    return target, key
+
+
+def build_function(source: Path, build_root: Path = BUILD_ROOT) -> tuple[Path, str]:
+    """A function's asset directory (its folder's files and their bytecode) and its hash.
+
+    Rebuilt only when a file in the folder changes.
+    """
+    key = _digest(BUILD_FORMAT.encode(), PYTHON_VERSION.encode(), _tree_digest(source).encode())
+    builds = build_root / "functions" / source.name
+    target = builds / key
+    if target.is_dir():
+        return target, key
+    with _building(builds, key) as staging:
+        shutil.copytree(source, staging, ignore=_IGNORED, dirs_exist_ok=True)
+        compile_bytecode(staging, "/var/task")
     return target, key
 
 

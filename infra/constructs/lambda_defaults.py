@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import AssetHashType, Duration, RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -15,8 +15,9 @@ from constructs import Construct
 from crm_to_books import topology
 from crm_to_books.settings import Settings
 from crm_to_books.topology import FunctionSpec, Names
-from infra.constructs.layer import ARCHITECTURE, RUNTIME
+from infra.constructs.layer import ARCHITECTURE, RUNTIME, RUNTIME_REASON
 from infra.constructs.nag import XRAY_REASON, acknowledge
+from infra.layer import build_function
 
 FUNCTIONS_ROOT = Path(__file__).resolve().parents[2] / "functions"
 
@@ -67,6 +68,8 @@ class ServiceFunction(Construct):
         if not (source / "handler.py").is_file():
             raise FileNotFoundError(f"function {spec.name!r}: {source}/handler.py does not exist")
         name = defaults.names.function(spec)
+        # The handler's own folder only (never the repository around it), with its bytecode.
+        asset, digest = build_function(source)
         self.spec = spec
         self.role = iam.Role(
             self,
@@ -92,8 +95,9 @@ class ServiceFunction(Construct):
             description=spec.description,
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
-            # The handler's own folder only: never the repository around it.
-            code=lambda_.Code.from_asset(str(source), exclude=["__pycache__", "*.pyc"]),
+            code=lambda_.Code.from_asset(
+                str(asset), asset_hash=digest, asset_hash_type=AssetHashType.CUSTOM
+            ),
             handler=topology.HANDLER,
             layers=[defaults.layer],
             memory_size=spec.memory_mb,
@@ -112,3 +116,4 @@ class ServiceFunction(Construct):
             },
         )
         acknowledge(self.role, XRAY_REASON, "AwsSolutions-IAM5[Resource::*]")
+        acknowledge(self.function, RUNTIME_REASON, "AwsSolutions-L1")

@@ -8,7 +8,11 @@ from aws_cdk import AssetHashType
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-RUNTIME = lambda_.Runtime.PYTHON_3_14
+RUNTIME = lambda_.Runtime.PYTHON_3_13  # infra.layer.PYTHON_VERSION and .python-version too
+RUNTIME_REASON = (
+    "Python 3.13, not the latest: every test runs on the minor version Lambda runs, and 3.13 is "
+    "the newest the build machines have (docs/architecture.md)"
+)
 ARCHITECTURE = lambda_.Architecture.ARM_64
 
 

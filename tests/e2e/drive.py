@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
@@ -21,13 +21,14 @@ from crm_to_books_cli.sandbox import ZohoSandbox
 from crm_to_books_cli.sandbox.state import Reply
 from tests.e2e.helpers import wait_until
 
-T = TypeVar("T")
 Key = tuple[str, str, str]  # (organization_id, kind, crm_id): the ledger's key
 TIMEOUT = 30
 CHANNELS = ("sqs", "eventbridge", "http", "http-async")
 
 
-def wait_for(check: Callable[[], T | None], what: str, timeout: float, interval: float = 0.5) -> T:
+def wait_for[T](
+    check: Callable[[], T | None], what: str, timeout: float, interval: float = 0.5
+) -> T:
     """Poll `check` (an HTTP round of its own: every half second unless told) until it returns
     something truthy."""
     return wait_until(check, what, timeout, interval)

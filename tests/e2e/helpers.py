@@ -6,9 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 # Queue timings of the test stacks: a failed message is visible again after 2 s and reaches
 # the DLQ on its third failure (instead of 180 s and the eighth).
@@ -16,7 +14,7 @@ VISIBILITY_TIMEOUT = 2
 MAX_RECEIVE_COUNT = 3
 
 
-def wait_until(
+def wait_until[T](
     check: Callable[[], T | None], what: str, timeout: float = 20.0, interval: float = 0.05
 ) -> T:
     """Poll `check` every `interval` seconds until it returns something truthy; fail after

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from crm_to_books import topology
 from crm_to_books.settings import Settings
 from infra.constructs.lambda_defaults import FUNCTIONS_ROOT
+from infra.constructs.layer import RUNTIME
+from infra.layer import PYTHON_VERSION, ROOT
 
 SPECS = pytest.mark.parametrize("spec", topology.ALL_FUNCTIONS, ids=lambda s: s.name)
 ENVIRONMENT = ("LEDGER_TABLE", "STATE_TABLE", "ORGANIZATIONS", "CONNECTIONS", "EVENT_BUS_NAME")
@@ -26,10 +30,17 @@ def _resolve(value: Any) -> str:
     return "resolved"
 
 
+def test_the_tests_run_on_the_python_the_functions_deploy_on():
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert (ROOT / ".python-version").read_text(encoding="utf-8").strip() == PYTHON_VERSION
+    assert RUNTIME.name == f"python{PYTHON_VERSION}"
+    assert running == PYTHON_VERSION, f"make test runs {running}, Lambda {RUNTIME.name}"
+
+
 @SPECS
-def test_python_3_14_on_arm64_with_the_shared_defaults(synth, spec):
+def test_python_3_13_on_arm64_with_the_shared_defaults(synth, spec):
     _, props = synth.function(spec)
-    assert props["Runtime"] == "python3.14"
+    assert props["Runtime"] == "python3.13"
     assert props["Architectures"] == ["arm64"]
     assert props["Handler"] == topology.HANDLER
     assert props["MemorySize"] == spec.memory_mb
@@ -74,19 +85,24 @@ def test_import_functions_know_their_own_queue_and_redrive_knows_all(synth):
 
 
 @SPECS
-def test_code_asset_is_the_handler_folder_alone(synth, spec):
+def test_code_asset_is_the_handler_folder_alone_with_its_bytecode(synth, spec):
     _, props = synth.function(spec)
     asset_hash = props["Code"]["S3Key"].removesuffix(".zip")
     staged = synth.outdir / f"asset.{asset_hash}"
     shipped = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
     source = FUNCTIONS_ROOT / spec.handler_dir
-    expected = {
-        p.relative_to(source).as_posix()
+    sources = [
+        p.relative_to(source)
         for p in source.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
-    }
+    ]
+    bytecode = [
+        p.parent / "__pycache__" / f"{p.stem}.{sys.implementation.cache_tag}.pyc"
+        for p in sources
+        if p.suffix == ".py"
+    ]
     assert "handler.py" in shipped
-    assert shipped == expected
+    assert shipped == {Path(p).as_posix() for p in [*sources, *bytecode]}
 
 
 @SPECS
