@@ -60,8 +60,8 @@ unit: install
 e2e: install
 	$(RUN) pytest tests/e2e
 
-bench: install
-	$(RUN) python -m bench
+bench: install  # all benchmarks, or some: make bench BENCH="cold_start tokens"
+	$(RUN) python -m bench $(BENCH)
 
 synth: install
 	$(RUN) python -m infra.app

@@ -199,7 +199,7 @@ def _by_package(lines: list[Line]) -> dict[str, float]:
 
 
 def _imports(options: Options, report: Report) -> None:
-    reps = 1 if options.quick else 3
+    reps = 1 if options.quick else 5
     handlers = list(dict.fromkeys(s.handler_dir for s in topology.ALL_FUNCTIONS))
     present = [h for h in handlers if (FUNCTIONS / h / "handler.py").is_file()]
     for missing in sorted(set(handlers) - set(present)):
