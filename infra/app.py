@@ -22,11 +22,19 @@ from infra.layer import ROOT, build_layer
 from infra.stack import CrmToBooksStack
 
 
+def project_context() -> dict[str, Any]:
+    """cdk.json's context: the configuration and CDK's feature flags."""
+    context: dict[str, Any] = json.loads((ROOT / "cdk.json").read_text(encoding="utf-8"))["context"]
+    return context
+
+
 def build_app(
     config: ServiceConfig, *, outdir: str | None = None, context: dict[str, Any] | None = None
 ) -> tuple[App, CrmToBooksStack]:
-    """The app with its one stack and cdk-nag's AwsSolutions checks; synthesize with .synth()."""
-    app = App(outdir=outdir, context=context)
+    """The app with its one stack and cdk-nag's AwsSolutions checks; synthesize with .synth().
+    `context` defaults to cdk.json's, so every synthesis (tests too) has its feature flags; the
+    CDK CLI's own context (CDK_CONTEXT_JSON) still wins over it."""
+    app = App(outdir=outdir, context=project_context() if context is None else context)
     layer_directory, layer_digest = build_layer()
     stack = CrmToBooksStack(
         app,
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         context = json.loads(os.environ.get("CDK_CONTEXT_JSON", "{}"))
         outdir = None  # the CLI chooses
     else:
-        context = json.loads((ROOT / "cdk.json").read_text(encoding="utf-8")).get("context", {})
+        context = project_context()
         outdir = str(ROOT / "cdk.out")
     try:
         config = _config(context, args.config)
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if outdir:
         shutil.rmtree(outdir, ignore_errors=True)  # stale assets (the layer is ~20 MB) pile up
-    app, _ = build_app(config, outdir=outdir, context=None if launched_by_cli else context)
+    app, _ = build_app(config, outdir=outdir)
     app.synth()
     return 0
 

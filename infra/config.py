@@ -14,7 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from crm_to_books.entities import KINDS
 from crm_to_books.settings import Organization, Settings
-from crm_to_books.topology import DEFAULT_PREFIX, IMPORT_FUNCTIONS, STATUS_API
+from crm_to_books.topology import (
+    DEFAULT_PREFIX,
+    IMPORT_FUNCTIONS,
+    QUEUE_CONCURRENCY_MAXIMUM,
+    QUEUE_CONCURRENCY_MINIMUM,
+    QUEUE_MAXIMUM_CONCURRENCY,
+    STATUS_API,
+)
 
 CONTEXT_KEY = "crm-to-books"
 
@@ -54,6 +61,12 @@ class ApiConfig(_Model):
     throttling_rate_limit: float = Field(default=50, gt=0, le=10_000)
     throttling_burst_limit: int = Field(default=100, ge=1, le=5_000)
     public_paths: tuple[str, ...] = Field(default=(), description="GET routes served without auth")
+    cloudwatch_role: Literal["create", "existing"] = Field(
+        default="create",
+        description="create: the stack sets the account's API Gateway CloudWatch Logs role "
+        "(AWS::ApiGateway::Account, one per account and region); existing: leave the role the "
+        "account already has alone (crm-to-books preflight checks that it is set)",
+    )
 
     @field_validator("public_paths")
     @classmethod
@@ -105,6 +118,13 @@ class ServiceConfig(_Model):
     alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     log_retention_days: int = 30
     ledger_stream: bool = Field(default=False, description="a DynamoDB stream on the ledger")
+    queue_concurrency: int = Field(
+        default=QUEUE_MAXIMUM_CONCURRENCY,
+        ge=QUEUE_CONCURRENCY_MINIMUM,
+        le=QUEUE_CONCURRENCY_MAXIMUM,
+        description="each kind queue's MaximumConcurrency (AWS: 2 to 1000); the four add up "
+        "and must fit the account's Lambda concurrency (crm-to-books preflight checks)",
+    )
 
     @model_validator(mode="before")
     @classmethod

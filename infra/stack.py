@@ -9,12 +9,14 @@ from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct
 
 from crm_to_books import topology
+from crm_to_books.access import Resource
 from crm_to_books.settings import Settings
 from crm_to_books.topology import Names
 from infra.config import ServiceConfig
 from infra.constructs.api import Api
 from infra.constructs.connections import Connections
 from infra.constructs.events import Events
+from infra.constructs.grants import grant_calls
 from infra.constructs.kind_imports import KindImports
 from infra.constructs.lambda_defaults import (
     FUNCTIONS_ROOT,
@@ -70,15 +72,22 @@ class CrmToBooksStack(Stack):
 
         # Import functions call Zoho for every configured organization: only their connections.
         used = {org.connection for org in config.organizations.values()}
+        arns: dict[Resource, list[str]] = {
+            Resource.LEDGER: [storage.ledger.table_arn],
+            Resource.STATE: [storage.state.table_arn],
+            Resource.CONNECTIONS_USED: connections.arns(used),
+            Resource.CONNECTIONS_ALL: connections.arns(config.connections),
+            Resource.BUS: [events.bus.event_bus_arn],
+        }
         kinds = {
             spec.kind: KindImports(
                 self,
                 f"{spec.kind.title()}Imports",
                 spec=spec,
                 defaults=defaults,
-                storage=storage,
-                connections=connections,
-                connections_used=used,
+                arns=arns,
+                indexes=storage.indexes,
+                queue_concurrency=config.queue_concurrency,
                 events=events,
                 api=api,
                 observability=observability,
@@ -87,18 +96,14 @@ class CrmToBooksStack(Stack):
             if spec.kind
         }
         queues = {kind: (k.queue, k.dlq) for kind, k in kinds.items()}
+        arns[Resource.KIND_QUEUES] = [queue.queue_arn for queue, _ in queues.values()]
 
         status = ServiceFunction(self, "StatusApi", spec=topology.STATUS_API, defaults=defaults)
-        storage.grant_ledger_read(status.role)
         for method, path in topology.STATUS_API.http_routes:
             api.route(method, path, status.function)
-
         token_keeper = ServiceFunction(
             self, "TokenKeeper", spec=topology.TOKEN_KEEPER, defaults=defaults
         )
-        storage.grant_state_read_write(token_keeper.role)
-        connections.grant_read(token_keeper.role, config.connections)
-
         redrive = ServiceFunction(
             self,
             "Redrive",
@@ -106,10 +111,8 @@ class CrmToBooksStack(Stack):
             defaults=defaults,
             queue_urls={kind: queue.queue_url for kind, (queue, _) in queues.items()},
         )
-        storage.grant_ledger_read_write(redrive.role)
-        storage.grant_state_read(redrive.role)  # is a connection still broken? (no secrets)
-        for queue, _ in queues.values():
-            queue.grant_send_messages(redrive.role)
+        for job in (status, token_keeper, redrive):
+            grant_calls(job.role, job.spec, arns, storage.indexes)
 
         Scheduling(
             self,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import ArnFormat, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigateway
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -16,6 +17,18 @@ from crm_to_books.errors import InvalidRequest
 from crm_to_books.topology import Names
 from infra.config import ApiConfig
 from infra.constructs.nag import acknowledge
+
+# What API Gateway's account-wide role needs to write logs (as AWS's managed policy
+# AmazonAPIGatewayPushToCloudWatchLogs, and AWS Solutions Constructs, grant).
+ACCOUNT_LOG_ACTIONS = (
+    "logs:CreateLogGroup",
+    "logs:CreateLogStream",
+    "logs:DescribeLogGroups",
+    "logs:DescribeLogStreams",
+    "logs:PutLogEvents",
+    "logs:GetLogEvents",
+    "logs:FilterLogEvents",
+)
 
 _PATH_PARAMETER = re.compile(r"{(\w+)}")
 # A route that addresses one record needs the organization it belongs to.
@@ -44,8 +57,7 @@ class Api(Construct):
             rest_api_name=names.api_name,
             description="Imports Zoho CRM records into Zoho Books; import status",
             endpoint_types=[apigateway.EndpointType.REGIONAL],
-            # The account-wide CloudWatch role is a singleton that stacks would fight over.
-            cloud_watch_role=False,
+            cloud_watch_role=False,  # made below, as configured
             api_key_source_type=(
                 apigateway.ApiKeySourceType.HEADER if config.auth == "api_key" else None
             ),
@@ -69,6 +81,9 @@ class Api(Construct):
                 ),
             ),
         )
+        self.account: apigateway.CfnAccount | None = None
+        if config.cloudwatch_role == "create":
+            self.account = self._account_logging_role()
         # No method declares a body model, so body validation is a no-op kept for cdk-nag.
         self.validator = self.rest_api.add_request_validator(
             "Validator", validate_request_parameters=True, validate_request_body=True
@@ -92,8 +107,8 @@ class Api(Construct):
         )
         acknowledge(
             self.rest_api.deployment_stage,
-            "Access logs and X-Ray tracing are on; execution logging needs the account-wide "
-            "API Gateway CloudWatch role, which this stack does not own",
+            "Access logs and X-Ray tracing are on; execution logs are off: API Gateway would "
+            "write them to a log group it creates outside the stack, kept forever",
             "AwsSolutions-APIG6",
         )
         self.api_key: apigateway.IApiKey | None = None
@@ -109,6 +124,44 @@ class Api(Construct):
             )
             self.api_key = self.rest_api.add_api_key("ApiKey", api_key_name=f"{names.api_name}-key")
             plan.add_api_key(self.api_key)
+
+    def _account_logging_role(self) -> apigateway.CfnAccount:
+        """The account's API Gateway CloudWatch Logs role, which a stage with access logs needs
+        (else: "CloudWatch Logs role ARN must be set in account settings to enable logging").
+        One per account and region: the last stack to set it wins, and each such role can
+        write any API's logs. The role is kept if the stack is deleted, so the account's
+        setting never points at a role that is gone."""
+        stack = Stack.of(self)
+        logs_in_region = stack.format_arn(
+            service="logs", resource="*", arn_format=ArnFormat.NO_RESOURCE_NAME
+        )
+        role = iam.Role(
+            self,
+            "CloudWatchRole",
+            assumed_by=iam.ServicePrincipal("apigateway.amazonaws.com"),
+            description="API Gateway (account setting): write every API's logs to CloudWatch Logs",
+            inline_policies={
+                "PushLogs": iam.PolicyDocument(
+                    statements=[
+                        iam.PolicyStatement(
+                            actions=list(ACCOUNT_LOG_ACTIONS), resources=[logs_in_region]
+                        )
+                    ]
+                )
+            },
+        )
+        role.apply_removal_policy(RemovalPolicy.RETAIN)
+        acknowledge(
+            role,
+            "The account-wide API Gateway role writes the logs of every API in the region, "
+            "including log groups API Gateway names itself (execution logs)",
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:*]",
+        )
+        account = apigateway.CfnAccount(self, "Account", cloud_watch_role_arn=role.role_arn)
+        account.node.add_dependency(self.rest_api.node.default_child)
+        # The stage turns access logging on: the account must have the role first.
+        self.rest_api.deployment_stage.node.add_dependency(account)
+        return account
 
     def route(self, method: str, path: str, function: lambda_.IFunction) -> apigateway.Method:
         """Add `method path` (API Gateway syntax) proxied to `function`."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from crm_to_books.topology import Names
 from infra.constructs.nag import acknowledge
+from infra.constructs.removal import KEEP_NAMED
 
 SECRET_KEYS = ("client_id", "client_secret", "refresh_token", "accounts_url")
 
@@ -37,6 +37,9 @@ class Connections(Construct):
                     secret_string_template=json.dumps(dict.fromkeys(SECRET_KEYS, "")),
                     generate_string_key="placeholder",
                 ),
+                # The refresh token outlives the stack; and a deleted secret's name stays taken
+                # for its recovery window (7 to 30 days), which would block a redeploy.
+                removal_policy=KEEP_NAMED,
             )
             acknowledge(
                 secret,
@@ -47,6 +50,5 @@ class Connections(Construct):
             self.secrets[name] = secret
             self.secret_ids[name] = secret_name
 
-    def grant_read(self, grantee: iam.IGrantable, connections: Iterable[str]) -> None:
-        for name in sorted(set(connections)):
-            self.secrets[name].grant_read(grantee)
+    def arns(self, connections: Iterable[str]) -> list[str]:
+        return [self.secrets[name].secret_arn for name in sorted(set(connections))]

@@ -5,22 +5,22 @@ Instantiated once per kind from `topology.IMPORT_FUNCTIONS` (the entities table)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 
 from aws_cdk import Duration
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from crm_to_books import topology
+from crm_to_books.access import Resource
 from crm_to_books.topology import FunctionSpec
 from infra.constructs.api import Api
-from infra.constructs.connections import Connections
 from infra.constructs.events import Events
+from infra.constructs.grants import grant_calls
 from infra.constructs.lambda_defaults import LambdaDefaults, ServiceFunction
 from infra.constructs.observability import Observability
-from infra.constructs.storage import Storage
+from infra.constructs.removal import KEEP_NAMED
 
 
 class KindImports(Construct):
@@ -31,9 +31,9 @@ class KindImports(Construct):
         *,
         spec: FunctionSpec,
         defaults: LambdaDefaults,
-        storage: Storage,
-        connections: Connections,
-        connections_used: Iterable[str],
+        arns: Mapping[Resource, Sequence[str]],
+        indexes: Mapping[Resource, Sequence[str]],
+        queue_concurrency: int,
         events: Events,
         api: Api,
         observability: Observability,
@@ -52,6 +52,7 @@ class KindImports(Construct):
             retention_period=Duration.days(topology.DLQ_RETENTION_DAYS),
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
+            removal_policy=KEEP_NAMED,  # what waits in it outlives the stack
         )
         self.queue = sqs.Queue(
             self,
@@ -63,30 +64,21 @@ class KindImports(Construct):
             dead_letter_queue=sqs.DeadLetterQueue(
                 queue=self.dlq, max_receive_count=topology.MAX_RECEIVE_COUNT
             ),
+            removal_policy=KEEP_NAMED,
         )
         self.handler = ServiceFunction(
             self, "Importer", spec=spec, defaults=defaults, queue_urls={kind: self.queue.queue_url}
         )
         self.function = self.handler.function
-        role = self.handler.role
-        storage.grant_ledger_read_write(role)
-        storage.grant_state_read_write(role)
-        connections.grant_read(role, connections_used)
-        events.bus.grant_put_events_to(role)
-        # Async HTTP imports enqueue; throttled messages are delayed by changing visibility.
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["sqs:SendMessage", "sqs:ChangeMessageVisibility"],
-                resources=[self.queue.queue_arn],
-            )
-        )
+        own = {**arns, Resource.OWN_QUEUE: [self.queue.queue_arn]}
+        grant_calls(self.handler.role, spec, own, indexes)
         self.function.add_event_source(
             sources.SqsEventSource(
                 self.queue,
                 batch_size=topology.BATCH_SIZE,
                 max_batching_window=Duration.seconds(topology.MAX_BATCHING_WINDOW_SECONDS),
                 report_batch_item_failures=True,
-                max_concurrency=topology.QUEUE_MAXIMUM_CONCURRENCY,
+                max_concurrency=queue_concurrency,
             )
         )
         for method, path in spec.http_routes:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import AssetHashType, Duration, RemovalPolicy
+from aws_cdk import AssetHashType, Duration
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -17,6 +17,7 @@ from crm_to_books.settings import Settings
 from crm_to_books.topology import FunctionSpec, Names
 from infra.constructs.layer import ARCHITECTURE, RUNTIME, RUNTIME_REASON
 from infra.constructs.nag import XRAY_REASON, acknowledge
+from infra.constructs.removal import KEEP_NAMED
 from infra.layer import build_function
 
 FUNCTIONS_ROOT = Path(__file__).resolve().parents[2] / "functions"
@@ -82,7 +83,7 @@ class ServiceFunction(Construct):
             "Logs",
             log_group_name=f"/aws/lambda/{name}",
             retention=defaults.log_retention,
-            removal_policy=RemovalPolicy.DESTROY,
+            removal_policy=KEEP_NAMED,  # the logs of what happened outlive the stack
         )
         log_group.grant_write(self.role)
         settings = Settings.model_validate(

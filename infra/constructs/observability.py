@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigateway
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
@@ -45,10 +45,28 @@ class Observability(Construct):
             enable_key_rotation=True,
             removal_policy=RemovalPolicy.DESTROY,
         )
-        cloudwatch_service = iam.ServicePrincipal("cloudwatch.amazonaws.com")
-        key.grant(cloudwatch_service, "kms:Decrypt", "kms:GenerateDataKey")
         self.topic = sns.Topic(
             self, "AlarmTopic", display_name=f"{prefix} alarms", master_key=key, enforce_ssl=True
+        )
+        # enforce_ssl gives the topic a policy whose only statement is a Deny, in place of SNS's
+        # default policy: nothing may publish unless allowed here. CloudWatch may, for this
+        # stack's alarms only (every alarm name starts with the prefix).
+        stack = Stack.of(self)
+        alarms = stack.format_arn(
+            service="cloudwatch",
+            resource="alarm",
+            resource_name=f"{prefix}-*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        conditions = {
+            "StringEquals": {"aws:SourceAccount": stack.account},
+            "ArnLike": {"aws:SourceArn": alarms},
+        }
+        self.topic.add_to_resource_policy(
+            _cloudwatch_may(["sns:Publish"], [self.topic.topic_arn], conditions)
+        )
+        key.add_to_resource_policy(
+            _cloudwatch_may(["kms:Decrypt", "kms:GenerateDataKey*"], ["*"], conditions)
         )
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
@@ -193,6 +211,18 @@ class Observability(Construct):
             ),
         )
         return board
+
+
+def _cloudwatch_may(
+    actions: list[str], resources: list[str], conditions: dict[str, dict[str, str]]
+) -> iam.PolicyStatement:
+    return iam.PolicyStatement(
+        sid="CloudWatchAlarmsPublish",
+        principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+        actions=actions,
+        resources=resources,
+        conditions=conditions,
+    )
 
 
 def _graph(title: str, metrics: Sequence[cloudwatch.IMetric]) -> cloudwatch.GraphWidget:

@@ -1,19 +1,18 @@
-"""The import ledger and the state table (token cache, rate limiter, locks)."""
+"""The import ledger and the state table (token cache, rate limiter, connection marks).
+
+Both have fixed names: kept when the stack is deleted (`KEEP_NAMED`), protected from deletion.
+Who may call what on them: `crm_to_books.access`.
+"""
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
-from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from crm_to_books import topology
+from crm_to_books.access import Resource
 from crm_to_books.topology import Names
-
-# Scoped actions: no Scan, no batch writes, no table management.
-READ = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query")
-WRITE = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem")
-DELETE = ("dynamodb:DeleteItem",)
+from infra.constructs.removal import KEEP_NAMED
 
 
 def _string(name: str) -> dynamodb.Attribute:
@@ -35,7 +34,8 @@ class Storage(Construct):
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES if ledger_stream else None,
             # The durable record of every import: it outlives the stack.
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=KEEP_NAMED,
+            deletion_protection=True,
         )
         self.ledger.add_global_secondary_index(
             index_name=topology.LEDGER_STATUS_INDEX,
@@ -51,31 +51,14 @@ class Storage(Construct):
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             point_in_time_recovery_specification=pitr,
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
-            time_to_live_attribute=topology.STATE_TTL_ATTRIBUTE,
-            # Tokens, limiter windows and locks: all rebuilt on demand.
-            removal_policy=RemovalPolicy.DESTROY,
+            # No TTL: every item is rewritten by its owner, or read as stale (a limiter item
+            # from before yesterday is empty). Kept with the stack's other state: broken
+            # connections and Zoho's token blocks must outlive a redeploy.
+            removal_policy=KEEP_NAMED,
+            deletion_protection=True,
         )
 
-    def grant_ledger_read(self, grantee: iam.IGrantable) -> None:
-        self._grant(grantee, self.ledger, READ, index=topology.LEDGER_STATUS_INDEX)
-
-    def grant_ledger_read_write(self, grantee: iam.IGrantable) -> None:
-        self._grant(grantee, self.ledger, READ + WRITE, index=topology.LEDGER_STATUS_INDEX)
-
-    def grant_state_read(self, grantee: iam.IGrantable) -> None:
-        self._grant(grantee, self.state, READ)
-
-    def grant_state_read_write(self, grantee: iam.IGrantable) -> None:
-        self._grant(grantee, self.state, READ + WRITE + DELETE)
-
-    @staticmethod
-    def _grant(
-        grantee: iam.IGrantable,
-        table: dynamodb.Table,
-        actions: tuple[str, ...],
-        index: str | None = None,
-    ) -> None:
-        resources = [table.table_arn]
-        if index:
-            resources.append(f"{table.table_arn}/index/{index}")
-        iam.Grant.add_to_principal(grantee=grantee, actions=list(actions), resource_arns=resources)
+    @property
+    def indexes(self) -> dict[Resource, list[str]]:
+        """The ledger's status index: what queries by status read."""
+        return {Resource.LEDGER: [f"{self.ledger.table_arn}/index/{topology.LEDGER_STATUS_INDEX}"]}

@@ -31,6 +31,7 @@ CONFIG: dict[str, Any] = {
         }
     ],
     "alarm_email": "ops@example.com",
+    "queue_concurrency": 3,
 }
 
 

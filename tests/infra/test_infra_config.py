@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,9 @@ from infra.app import main
 from infra.config import ConfigError, load_config_file, parse_config
 from infra.layer import ROOT
 from tests.infra.conftest import CONFIG
+
+# Flags whose value here is not CDK's recommendation, and why (in the test below).
+CHOSEN_DIFFERENTLY = {"@aws-cdk/core:target-partitions"}
 
 
 def _error(**changes):
@@ -88,3 +94,37 @@ def test_app_reports_a_bad_config_file_and_exits_2(tmp_path, capsys, monkeypatch
     path.write_text(json.dumps({**CONFIG, "connections": []}))
     assert main(["--config", str(path)]) == 2
     assert "connections" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [1, 0, 1001, "many"])
+def test_queue_concurrency_is_what_aws_accepts(value):
+    message = _error(queue_concurrency=value)
+    assert "queue_concurrency" in message
+
+
+def test_the_account_logging_role_is_created_unless_told_to_leave_it():
+    assert parse_config(CONFIG, "t").api.cloudwatch_role == "create"
+    api = {"cloudwatch_role": "existing"}
+    assert parse_config({**CONFIG, "api": api}, "t").api.cloudwatch_role == "existing"
+    assert "api.cloudwatch_role" in _error(api={"cloudwatch_role": "mine"})
+
+
+def test_cdk_json_has_every_feature_flag_cdk_recommends_for_the_installed_version():
+    # The aws-cdk-lib package ships its recommendations (what `cdk init` writes).
+    shipped = Path(str(importlib.resources.files("aws_cdk._jsii")))
+    (bundle,) = shipped.glob("aws-cdk-lib@*.jsii.tgz")
+    with tarfile.open(bundle) as archive:
+        member = archive.extractfile("package/recommended-feature-flags.json")
+        assert member is not None
+        recommended = json.loads(member.read())
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    different = {
+        flag: (value, context.get(flag))
+        for flag, value in recommended.items()
+        if context.get(flag) != value and flag not in CHOSEN_DIFFERENTLY
+    }
+    assert not different, f"cdk.json differs from CDK's recommended flags: {different}"
+    # GovCloud is a partition this stack deploys to as well.
+    assert set(recommended["@aws-cdk/core:target-partitions"]) < set(
+        context["@aws-cdk/core:target-partitions"]
+    )

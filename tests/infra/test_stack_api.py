@@ -6,7 +6,9 @@ import pytest
 
 from crm_to_books import topology
 from crm_to_books.errors import InvalidRequest
+from infra.constructs.api import ACCOUNT_LOG_ACTIONS
 from tests.infra.conftest import CONFIG, synthesize
+from tests.infra.policy import Env, Request, Resolved, allows
 
 ROUTES = [(spec, m, p) for spec in topology.ALL_FUNCTIONS for m, p in spec.http_routes]
 
@@ -33,7 +35,9 @@ def _methods(synth):
 
 @pytest.fixture(scope="module")
 def api_key_synth(tmp_path_factory):
-    raw = {**CONFIG, "api": {"auth": "api_key", "public_paths": ["/v1/health"]}}
+    # Also a stage in an account whose API Gateway logging role is set already.
+    api = {"auth": "api_key", "public_paths": ["/v1/health"], "cloudwatch_role": "existing"}
+    raw = {**CONFIG, "api": api}
     return synthesize(raw, tmp_path_factory.mktemp("cdk.out.api_key"))
 
 
@@ -75,8 +79,14 @@ def test_stage_logs_access_traces_and_throttles(synth):
     (stage,) = synth.of_type("AWS::ApiGateway::Stage").values()
     assert stage["StageName"] == topology.API_STAGE
     assert stage["TracingEnabled"] is True
-    log_group = stage["AccessLogSetting"]["DestinationArn"]["Fn::GetAtt"][0]
-    assert synth.resources[log_group]["Type"] == "AWS::Logs::LogGroup"
+    resolved = Resolved(synth.template, Env())
+    destination = resolved.resolve(stage["AccessLogSetting"]["DestinationArn"])
+    (log_group,) = [
+        lid
+        for lid in synth.of_type("AWS::Logs::LogGroup")
+        if resolved.attr(lid, "Arn") == f"{destination}:*"  # API Gateway's form: no `:*`
+    ]
+    assert log_group.startswith("ApiAccessLogs")
     assert "$context.status" in stage["AccessLogSetting"]["Format"]
     (settings,) = stage["MethodSettings"]
     assert settings["ThrottlingRateLimit"] == 50
@@ -100,3 +110,43 @@ def test_api_key_mode_requires_a_key_except_on_public_paths(api_key_synth):
     (key_id,) = api_key_synth.of_type("AWS::ApiGateway::ApiKey")
     (link,) = api_key_synth.of_type("AWS::ApiGateway::UsagePlanKey").values()
     assert link == {"KeyId": {"Ref": key_id}, "KeyType": "API_KEY", "UsagePlanId": {"Ref": plan_id}}
+
+
+def test_the_stack_sets_the_accounts_api_gateway_logging_role_before_the_stage(synth):
+    # Without it the first deploy on a fresh account fails: "CloudWatch Logs role ARN must be
+    # set in account settings to enable logging".
+    resolved = Resolved(synth.template, Env())
+    (account_id, account), *others = synth.of_type("AWS::ApiGateway::Account").items()
+    assert not others
+    role_id = account["CloudWatchRoleArn"]["Fn::GetAtt"][0]
+    assert resolved.trust(role_id) == [
+        {
+            "Action": "sts:AssumeRole",
+            "Effect": "Allow",
+            "Principal": {"Service": "apigateway.amazonaws.com"},
+        }
+    ]
+    statements = resolved.role_statements(role_id)
+    (stage_id,) = synth.of_type("AWS::ApiGateway::Stage")
+    access_logs = resolved.resolve(
+        synth.resources[stage_id]["Properties"]["AccessLogSetting"]["DestinationArn"]
+    )
+    env = resolved.env
+    execution_logs = (
+        f"arn:{env.partition}:logs:{env.region}:{env.account}:log-group:"
+        "API-Gateway-Execution-Logs_abc123/prod"
+    )
+    for group in (access_logs, execution_logs):
+        for action in ACCOUNT_LOG_ACTIONS:
+            assert allows(statements, Request(action, f"{group}:log-stream:x")), (action, group)
+    # Kept when the stack goes: the account's setting must never point at a deleted role.
+    assert synth.resources[role_id]["DeletionPolicy"] == "Retain"
+    assert account_id in synth.resources[stage_id]["DependsOn"]
+
+
+def test_an_existing_account_role_is_left_alone(api_key_synth):
+    assert not api_key_synth.of_type("AWS::ApiGateway::Account")
+    resolved = Resolved(api_key_synth.template, Env())
+    for role_id in api_key_synth.of_type("AWS::IAM::Role"):
+        principals = [s["Principal"] for s in resolved.trust(role_id)]
+        assert {"Service": "apigateway.amazonaws.com"} not in principals

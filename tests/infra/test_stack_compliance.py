@@ -35,3 +35,8 @@ def test_cfn_lint_finds_no_errors(synth):
     # W3005 (a DependsOn also implied by GetAtt) is how CDK orders a function after its policy.
     problems = [m for m in matches if m.rule.id != "W3005"]
     assert not problems, "\n".join(str(m) for m in problems)
+
+
+def test_no_arn_names_its_partition(synth):
+    # aws-cn and aws-us-gov must work too: every ARN takes AWS::Partition.
+    assert "arn:aws:" not in json.dumps(synth.template)

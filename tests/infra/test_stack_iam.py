@@ -1,34 +1,147 @@
-"""Least privilege: each function's role allows exactly what its job needs."""
+"""Least privilege, derived from the code: each function's role allows every AWS call its code
+makes (found by reading the library's source, `tests/support/engine_calls.py`) and nothing
+more, apart from what Lambda itself needs (its log group, X-Ray, its queue's event source)."""
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 import pytest
 
-from crm_to_books import topology
+from crm_to_books import access, topology
+from crm_to_books.access import Resource
+from crm_to_books.topology import FunctionSpec
+from tests.infra.conftest import CONFIG
+from tests.infra.policy import Env, Request, Resolved, allows, granted
+from tests.support import engine_calls
 
-SECRET_READ = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
+SPECS = pytest.mark.parametrize("spec", topology.ALL_FUNCTIONS, ids=lambda s: s.name)
 XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+LOG_WRITES = {"logs:CreateLogStream", "logs:PutLogEvents"}
+# What Lambda's poller needs on the queue (AWS), plus the two CDK's consume grant adds.
+EVENT_SOURCE = {
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueUrl",
+}
+ALL_CALLS = [c for calls in access.CALLS.values() for c in calls]
 
 
-def _table(synth, name):
-    (lid,) = [
-        lid for lid, p in synth.of_type("AWS::DynamoDB::Table").items() if p["TableName"] == name
-    ]
-    return lid
+@pytest.fixture(scope="module")
+def resolved(synth: Any) -> Resolved:
+    return Resolved(synth.template, Env())
 
 
-def _readable_secrets(synth, statements):
+def _arns(synth: Any, resolved: Resolved, spec: FunctionSpec) -> dict[Resource, list[str]]:
+    """The ARNs each resource the code names stands for, for this function."""
+    names = synth.names
+    tables = {p["TableName"]: lid for lid, p in synth.of_type("AWS::DynamoDB::Table").items()}
+    secrets = {name: lid for lid, name in synth.secret_names().items()}
+    used = {org["connection"] for org in CONFIG["organizations"].values()}
+    (bus,) = synth.of_type("AWS::Events::EventBus")
+
+    def queue(kind: str) -> str:
+        return resolved.attr(synth.queue(names.queue(kind)), "Arn")
+
+    def secret(connection: str) -> str:
+        return resolved.attr(secrets[names.connection_secret(connection)], "Arn")
+
+    kinds = [s.kind for s in topology.IMPORT_FUNCTIONS if s.kind]
     return {
-        name
-        for lid, name in synth.secret_names().items()
-        if SECRET_READ <= synth.actions_on(statements, lid)
+        Resource.LEDGER: [resolved.attr(tables[names.ledger_table], "Arn")],
+        Resource.STATE: [resolved.attr(tables[names.state_table], "Arn")],
+        Resource.CONNECTIONS_USED: [secret(c) for c in sorted(used)],
+        Resource.CONNECTIONS_ALL: [secret(c) for c in CONFIG["connections"]],
+        Resource.BUS: [resolved.attr(bus, "Arn")],
+        Resource.OWN_QUEUE: [queue(spec.kind)] if spec.kind else [],
+        Resource.KIND_QUEUES: [queue(kind) for kind in kinds],
     }
 
 
-@pytest.mark.parametrize("spec", topology.ALL_FUNCTIONS, ids=lambda s: s.name)
-def test_no_wildcard_actions_and_star_resources_only_for_xray(synth, spec):
+def needed(synth: Any, resolved: Resolved, spec: FunctionSpec) -> set[tuple[str, str]]:
+    """(action, ARN) for every call the function's code makes, read from the code."""
+    arns = _arns(synth, resolved, spec)
+    found = set()
+    for calls in access.CALLS[spec.handler_dir]:
+        for action in engine_calls.actions_of(calls):
+            found |= {(action, arn) for arn in arns[calls.resource]}
+            if action == "dynamodb:Query" and calls.resource is Resource.LEDGER:
+                (table,) = arns[Resource.LEDGER]
+                found.add((action, f"{table}/index/{topology.LEDGER_STATUS_INDEX}"))
+    return found
+
+
+def lambdas_own(synth: Any, resolved: Resolved, spec: FunctionSpec) -> set[tuple[str, str]]:
+    """What Lambda itself does with the function's role: logs, traces, its queue's events."""
+    function_id, props = synth.function(spec)
+    log_group = resolved.attr(props["LoggingConfig"]["LogGroup"]["Ref"], "Arn")
+    own = {(a, log_group) for a in LOG_WRITES} | {(a, "*") for a in XRAY}
+    for mapping in synth.of_type("AWS::Lambda::EventSourceMapping").values():
+        if mapping["FunctionName"] == {"Ref": function_id}:
+            queue = resolved.resolve(mapping["EventSourceArn"])
+            own |= {(a, queue) for a in EVENT_SOURCE}
+    return own
+
+
+def _role(synth: Any, spec: FunctionSpec) -> str:
+    _, props = synth.function(spec)
+    return str(props["Role"]["Fn::GetAtt"][0])
+
+
+# --- the list of calls is the code's ------------------------------------------------------------
+@pytest.mark.parametrize("calls", ALL_CALLS, ids=lambda c: f"{c.code}:{c.resource.value}")
+def test_the_access_list_names_exactly_the_calls_its_code_makes(calls: access.Calls) -> None:
+    assert engine_calls.actions_of(calls) == set(calls.actions), calls.code
+
+
+def test_every_aws_call_in_the_library_and_handlers_is_on_the_access_list() -> None:
+    covered = {id(site.node) for calls in ALL_CALLS for site in engine_calls.sites_of(calls)}
+    missing = [s for s in engine_calls.every_call_site() if id(s.node) not in covered]
+    assert not missing, "calls no access.CALLS entry covers:\n" + "\n".join(
+        f"  {s.where}: {s.action}" for s in missing
+    )
+
+
+def test_the_code_builds_clients_only_for_services_the_access_list_knows() -> None:
+    assert engine_calls.clients_built() <= set(engine_calls.SERVICE.values())
+
+
+def test_every_handler_has_an_access_list() -> None:
+    assert set(access.CALLS) == set(engine_calls.handler_folders())
+    assert {spec.handler_dir for spec in topology.ALL_FUNCTIONS} == set(access.CALLS)
+
+
+def test_the_abandoned_attempt_and_its_permit_release_are_covered() -> None:
+    # Ledger.abandon deletes a new record (alone or inside a transaction whose other item
+    # releases the limiter permit): the import functions need both.
+    importer = access.actions_by_resource("importer")
+    assert "dynamodb:DeleteItem" in importer[Resource.LEDGER]
+    assert "dynamodb:UpdateItem" in importer[Resource.STATE]
+
+
+# --- the template grants them, and nothing else -------------------------------------------------
+@SPECS
+def test_the_role_allows_every_call_its_code_makes(synth, resolved, spec) -> None:
+    statements = resolved.role_statements(_role(synth, spec))
+    refused = sorted(
+        (action, arn)
+        for action, arn in needed(synth, resolved, spec)
+        if not allows(statements, Request(action, arn))
+    )
+    assert not refused, f"{spec.name} may not: {refused}"
+
+
+@SPECS
+def test_the_role_allows_nothing_its_code_and_lambda_do_not_use(synth, resolved, spec) -> None:
+    statements = resolved.role_statements(_role(synth, spec))
+    extra = granted(statements) - needed(synth, resolved, spec) - lambdas_own(synth, resolved, spec)
+    assert not extra, f"{spec.name} is granted what nothing uses: {sorted(extra)}"
+
+
+@SPECS
+def test_no_wildcard_actions_and_star_resources_only_for_xray(synth, spec) -> None:
     for statement in synth.function_statements(spec):
         assert statement["Effect"] == "Allow"
         actions = synth.as_list(statement["Action"])
@@ -38,76 +151,19 @@ def test_no_wildcard_actions_and_star_resources_only_for_xray(synth, spec):
 
 
 @pytest.mark.parametrize("spec", topology.IMPORT_FUNCTIONS, ids=lambda s: s.name)
-def test_import_function_role(synth, spec):
-    statements = synth.function_statements(spec)
-    ledger = _table(synth, synth.names.ledger_table)
-    state = _table(synth, synth.names.state_table)
-    assert synth.actions_on(statements, ledger) == {
-        "dynamodb:GetItem",
-        "dynamodb:BatchGetItem",
-        "dynamodb:Query",
-        "dynamodb:PutItem",
-        "dynamodb:UpdateItem",
-        "dynamodb:ConditionCheckItem",
+def test_import_functions_read_only_the_connections_their_organizations_use(
+    synth, resolved, spec
+) -> None:
+    statements = resolved.role_statements(_role(synth, spec))
+    readable = {
+        name
+        for lid, name in synth.secret_names().items()
+        if allows(statements, Request("secretsmanager:GetSecretValue", resolved.attr(lid, "Arn")))
     }
-    assert "dynamodb:DeleteItem" in synth.actions_on(statements, state)
-    # Only the connections its organizations use: not "spare".
-    assert _readable_secrets(synth, statements) == {
-        synth.names.connection_secret("main"),
-        synth.names.connection_secret("eu"),
-    }
-    (bus,) = synth.of_type("AWS::Events::EventBus")
-    assert synth.actions_on(statements, bus) == {"events:PutEvents"}
-    own = synth.queue(synth.names.queue(spec.kind))
-    assert {"sqs:SendMessage", "sqs:ChangeMessageVisibility", "sqs:ReceiveMessage"} <= (
-        synth.actions_on(statements, own)
-    )
-    for other in topology.IMPORT_FUNCTIONS:
-        if other.kind != spec.kind:
-            assert not synth.actions_on(statements, synth.queue(synth.names.queue(other.kind)))
+    assert readable == {synth.names.connection_secret(c) for c in ("main", "eu")}
 
 
-def test_status_api_reads_the_ledger_and_nothing_else(synth):
-    statements = synth.function_statements(topology.STATUS_API)
-    ledger = _table(synth, synth.names.ledger_table)
-    assert synth.actions_on(statements, ledger) == {
-        "dynamodb:GetItem",
-        "dynamodb:BatchGetItem",
-        "dynamodb:Query",
-    }
-    index = f"/index/{topology.LEDGER_STATUS_INDEX}"
-    assert any(index in json.dumps(s["Resource"]) for s in statements)
-    assert not _readable_secrets(synth, statements)
-    assert not synth.actions_on(statements, _table(synth, synth.names.state_table))
-    text = json.dumps(statements)
-    assert "secretsmanager:" not in text
-    assert "sqs:" not in text
-
-
-def test_token_keeper_reads_every_connection_and_the_state_table(synth):
-    statements = synth.function_statements(topology.TOKEN_KEEPER)
-    assert _readable_secrets(synth, statements) == {
-        synth.names.connection_secret(name) for name in ("main", "eu", "spare")
-    }
-    assert synth.actions_on(statements, _table(synth, synth.names.state_table))
-    assert not synth.actions_on(statements, _table(synth, synth.names.ledger_table))
-    assert "sqs:" not in json.dumps(statements)
-
-
-def test_redrive_writes_the_ledger_and_sends_to_every_kind_queue(synth):
-    statements = synth.function_statements(topology.REDRIVE)
-    assert {"dynamodb:Query", "dynamodb:UpdateItem"} <= synth.actions_on(
-        statements, _table(synth, synth.names.ledger_table)
-    )
-    # It reads whether a connection is still broken, and writes nothing there.
-    assert synth.actions_on(statements, _table(synth, synth.names.state_table)) == {
-        "dynamodb:GetItem",
-        "dynamodb:BatchGetItem",
-        "dynamodb:Query",
-    }
-    for spec in topology.IMPORT_FUNCTIONS:
-        queue = synth.queue(synth.names.queue(spec.kind))
-        assert "sqs:SendMessage" in synth.actions_on(statements, queue)
-        assert "sqs:ReceiveMessage" not in synth.actions_on(statements, queue)
-    assert not _readable_secrets(synth, statements)
-    assert "secretsmanager:" not in json.dumps(statements)
+def test_only_the_token_keeper_and_import_functions_read_secrets(synth, resolved) -> None:
+    for spec in (topology.STATUS_API, topology.REDRIVE):
+        statements = resolved.role_statements(_role(synth, spec))
+        assert not any(a.startswith("secretsmanager:") for a, _ in granted(statements))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from crm_to_books import topology
+from infra.config import parse_config
+from tests.infra.conftest import CONFIG
 
 KINDS = pytest.mark.parametrize("spec", topology.IMPORT_FUNCTIONS, ids=lambda s: s.kind or s.name)
 
@@ -59,6 +61,12 @@ def test_event_source_reports_partial_failures_with_bounded_concurrency(synth, s
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["BatchSize"] == topology.BATCH_SIZE
     assert mapping["MaximumBatchingWindowInSeconds"] == topology.MAX_BATCHING_WINDOW_SECONDS
-    assert mapping["ScalingConfig"] == {"MaximumConcurrency": topology.QUEUE_MAXIMUM_CONCURRENCY}
-    # Zoho allows paid organizations 10 concurrent calls: the queue alone stays under it.
-    assert 2 <= topology.QUEUE_MAXIMUM_CONCURRENCY <= 10
+    # From the configuration: the four kinds' pollers must fit the account's concurrency.
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": CONFIG["queue_concurrency"]}
+
+
+def test_the_default_queue_concurrency_fits_a_new_accounts_lambda_concurrency():
+    # A new AWS account starts with 10 concurrent executions; AWS's minimum per source is 2.
+    config = parse_config({k: v for k, v in CONFIG.items() if k != "queue_concurrency"}, "t")
+    assert config.queue_concurrency == topology.QUEUE_CONCURRENCY_MINIMUM == 2
+    assert config.queue_concurrency * len(topology.IMPORT_FUNCTIONS) <= 10

@@ -199,6 +199,35 @@ def test_queue_url_comes_from_the_arn_and_the_clients_endpoint() -> None:
         triggers.queue_url("arn:aws:sns:eu-west-1:1:topic", "https://sqs")
 
 
+@pytest.mark.parametrize(
+    ("partition", "region", "endpoint"),
+    [
+        ("aws-cn", "cn-north-1", "https://sqs.cn-north-1.amazonaws.com.cn"),
+        ("aws-us-gov", "us-gov-west-1", "https://sqs.us-gov-west-1.amazonaws.com"),
+        ("aws-iso-b", "us-isob-east-1", "https://sqs.us-isob-east-1.sc2s.sgov.gov"),
+    ],
+)
+def test_queue_url_takes_a_queue_arn_of_any_partition(
+    partition: str, region: str, endpoint: str
+) -> None:
+    arn = f"arn:{partition}:sqs:{region}:123456789012:crm-to-books-item-imports"
+    assert triggers.queue_url(arn, endpoint) == f"{endpoint}/123456789012/crm-to-books-item-imports"
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "arn:azure:sqs:eu-west-1:123456789012:q",
+        "arn:aws:sqs::123456789012:q",
+        "arn:aws:sqs:eu-west-1:123456789012",
+        "urn:aws:sqs:eu-west-1:123456789012:q",
+    ],
+)
+def test_queue_url_refuses_what_is_not_a_queue_arn(arn: str) -> None:
+    with pytest.raises(ValueError, match="not an SQS queue ARN"):
+        triggers.queue_url(arn, "https://sqs")
+
+
 def test_sqs_events_are_told_apart_from_other_events() -> None:
     assert triggers.is_sqs_event(load("sqs_batch"))
     assert not triggers.is_sqs_event(load("apigw_rest_import"))

@@ -19,6 +19,7 @@ from werkzeug.serving import make_server
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
+PARTITION = boto3.session.Session().get_partition_for_region(REGION)  # ARNs: arn:{PARTITION}:...
 # Any credentials work against moto; these keep boto3 away from the developer's real ones.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 

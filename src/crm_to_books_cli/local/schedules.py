@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from crm_to_books_cli.local.emulator import ACCOUNT_ID, REGION
+from crm_to_books_cli.local.emulator import ACCOUNT_ID, PARTITION, REGION
 from crm_to_books_cli.local.runtime import Invocation, RuntimeStopped
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ def scheduled_event(schedule: str) -> dict[str, Any]:
         "account": ACCOUNT_ID,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "region": REGION,
-        "resources": [f"arn:aws:scheduler:{REGION}:{ACCOUNT_ID}:schedule/default/{schedule}"],
+        "resources": [
+            f"arn:{PARTITION}:scheduler:{REGION}:{ACCOUNT_ID}:schedule/default/{schedule}"
+        ],
         "detail": "{}",
     }
 

@@ -24,6 +24,7 @@ from crm_to_books_cli.local.apigw import ApiGateway, Route
 from crm_to_books_cli.local.emulator import (
     ACCOUNT_ID,
     CREDENTIALS,
+    PARTITION,
     REGION,
     Emulator,
     check_port_free,
@@ -313,7 +314,7 @@ class LocalStack:
             environment=environment,
             timeout_seconds=spec.timeout_seconds,
             memory_mb=spec.memory_mb,
-            arn=f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}",
+            arn=f"arn:{PARTITION}:lambda:{REGION}:{ACCOUNT_ID}:function:{name}",
             handler=topology.HANDLER,
             max_containers=self.max_containers,
         )

@@ -20,7 +20,13 @@ QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * FUNCTION_TIMEOUT_SECONDS  # AWS: at least
 MAX_RECEIVE_COUNT = 8  # a throttled import is retried many times before the DLQ
 BATCH_SIZE = 10
 MAX_BATCHING_WINDOW_SECONDS = 2
-QUEUE_MAXIMUM_CONCURRENCY = 5  # per kind; the rate limiter still caps Zoho concurrency per org
+# An SQS event source's MaximumConcurrency (AWS allows 2 to 1000), per kind. The stack takes it
+# from its configuration (`queue_concurrency`); this default keeps the four kinds' pollers (8)
+# within the 10 concurrent executions a new AWS account starts with. The rate limiter still caps
+# Zoho's concurrency per organization whatever this is.
+QUEUE_CONCURRENCY_MINIMUM = 2
+QUEUE_CONCURRENCY_MAXIMUM = 1000
+QUEUE_MAXIMUM_CONCURRENCY = 2
 DLQ_RETENTION_DAYS = 14
 
 # EventBridge
@@ -56,7 +62,6 @@ LEDGER_STATUS_INDEX = "by_status"
 LEDGER_STATUS_INDEX_PARTITION_KEY = "org_status"
 LEDGER_STATUS_INDEX_SORT_KEY = "updated_at"
 STATE_PARTITION_KEY = "pk"
-STATE_TTL_ATTRIBUTE = "expires_at_epoch"
 
 
 @dataclass(frozen=True, slots=True)

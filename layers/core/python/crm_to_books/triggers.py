@@ -27,6 +27,8 @@ CORRELATION_ID_PATH = (
 
 _SOURCES = frozenset(get_args(Source)) - {"eventbridge"}  # an event says so by its shape
 _CORRELATION_ID = re.compile(CORRELATION_ID_PATTERN)  # fullmatch: `$` alone lets a "\n" end it
+# AWS partitions: aws, aws-cn, aws-us-gov, aws-iso, aws-iso-b, aws-eusc, ...
+_PARTITION = re.compile(r"^aws(-[a-z]+)*$")
 
 
 def header(headers: Mapping[str, str] | None, name: str) -> str | None:
@@ -115,10 +117,17 @@ def salvage(record: Mapping[str, Any], queue_kind: str) -> ImportRequest | None:
 
 
 def queue_url(event_source_arn: str, endpoint_url: str) -> str:
-    """The queue URL for `arn:aws:sqs:{region}:{account}:{name}` on the SQS client's endpoint
-    (AWS's or an emulator's), so no `GetQueueUrl` call is needed."""
+    """The queue URL for `arn:{partition}:sqs:{region}:{account}:{name}` (any partition: aws,
+    aws-cn, aws-us-gov, ...) on the SQS client's endpoint (AWS's or an emulator's), so no
+    `GetQueueUrl` call is needed."""
     parts = event_source_arn.split(":")
-    if len(parts) != 6 or parts[:3] != ["arn", "aws", "sqs"]:
+    if (
+        len(parts) != 6
+        or parts[0] != "arn"
+        or not _PARTITION.match(parts[1])
+        or parts[2] != "sqs"
+        or not all(parts[3:])
+    ):
         raise ValueError(f"not an SQS queue ARN: {event_source_arn!r}")
     return f"{endpoint_url.rstrip('/')}/{parts[4]}/{parts[5]}"
 
