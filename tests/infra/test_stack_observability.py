@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from crm_to_books import topology
+from tests.infra.policy import ENVS, Request, Resolved, allows
+
+CLOUDWATCH = "cloudwatch.amazonaws.com"
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
@@ -106,3 +109,26 @@ def test_dashboard_shows_outcomes_latency_queues_and_throttles(synth):
         "Throttles",
     ):
         assert metric in body
+
+
+@pytest.mark.parametrize("env", ENVS, ids=lambda e: e.partition)
+def test_cloudwatch_may_publish_this_stacks_alarms_and_use_the_topics_key(synth, env):
+    # enforce_ssl's topic policy is a Deny alone: without an Allow no alarm reaches anyone.
+    resolved = Resolved(synth.template, env)
+    topic_id = _topic(synth)
+    topic_policy = resolved.resource_policy("AWS::SNS::TopicPolicy", "Topics", topic_id)
+    key_id = synth.of_type("AWS::SNS::Topic")[topic_id]["KmsMasterKeyId"]["Fn::GetAtt"][0]
+    key_policy = resolved.resolve(synth.of_type("AWS::KMS::Key")[key_id]["KeyPolicy"])["Statement"]
+
+    def alarm(name: str, account: str = env.account) -> dict[str, str]:
+        arn = f"arn:{env.partition}:cloudwatch:{env.region}:{account}:alarm:{name}"
+        return {"aws:SourceArn": arn, "aws:SourceAccount": account}
+
+    def may(context: dict[str, str]) -> bool:
+        publish = Request("sns:Publish", resolved.ref(topic_id), CLOUDWATCH, context)
+        key = Request("kms:GenerateDataKey", resolved.attr(key_id, "Arn"), CLOUDWATCH, context)
+        return allows(topic_policy, publish) and allows(key_policy, key)
+
+    assert may(alarm(f"{synth.names.prefix}-api-5xx"))
+    assert not may(alarm(f"{synth.names.prefix}-api-5xx", account="999999999999"))
+    assert not may(alarm("another-stack-api-5xx"))
