@@ -165,7 +165,7 @@ def _explicit(
             region_name=args.region or LOCAL_REGION,
         )
     else:
-        session = _session(args)
+        session = aws_session(args)
     return Target(
         session=session,
         names=topology.Names(args.prefix or topology.DEFAULT_PREFIX),
@@ -177,7 +177,8 @@ def _explicit(
     )
 
 
-def _session(args: argparse.Namespace) -> boto3.Session:
+def aws_session(args: argparse.Namespace) -> boto3.Session:
+    """The operator's AWS session: --profile and --region, else the usual environment."""
     try:
         session = boto3.Session(profile_name=args.profile, region_name=args.region)
         if not session.region_name and os.environ.get("AWS_REGION"):
@@ -191,7 +192,7 @@ def _session(args: argparse.Namespace) -> boto3.Session:
 
 
 def _deployed(args: argparse.Namespace, stack: str, api_key: str | None) -> Target:
-    session = _session(args)
+    session = aws_session(args)
     cloudformation = session.client("cloudformation", config=_BOTO_CONFIG)
     try:
         described = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
