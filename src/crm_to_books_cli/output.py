@@ -22,6 +22,8 @@ NO_WRAP = {"kind", "crm_id", "books_id", "organization", "status", "outcome", "l
 # ConnectionBroken's message names the connection (`Zoho connection 'NAME' needs attention`):
 # only read to fill in the command to run, never to decide what happened.
 _CONNECTION = re.compile(r"connection '([^']+)'")
+# What `connect` needs besides the connection (and the target options, as every command).
+CONNECT_FLAGS = "--data-centre DC --client-id CLIENT_ID"
 
 
 def console(stderr: bool = False) -> Console:
@@ -98,8 +100,8 @@ def what_to_do(record: dict[str, Any]) -> str:
         found = _CONNECTION.search(str(error.get("message", "")))
         name = found.group(1) if found else "NAME"
         return (
-            f"reconnect: crm-to-books connect --connection {name} (parked imports then resume "
-            "by themselves)"
+            f"reconnect: crm-to-books connect --connection {name} {CONNECT_FLAGS} (parked "
+            "imports then resume by themselves)"
         )
     redrive = f"crm-to-books redrive --kind {record.get('kind')}"
     if status == "retrying" and record.get("in_dlq"):
@@ -114,7 +116,8 @@ def what_to_do(record: dict[str, Any]) -> str:
             scope = get_entity(str(record.get("kind"))).scope
             return (
                 f"reconnect with a grant code that has {scope} and access to the organization: "
-                "crm-to-books connect --connection NAME; then: " + import_command(record)
+                f"crm-to-books connect --connection NAME {CONNECT_FLAGS}; then: "
+                + import_command(record)
             )
         if category == "invalid":
             return "fix the sender (the request was malformed); then: " + import_command(record)

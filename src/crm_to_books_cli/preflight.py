@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_to_books import topology
 from crm_to_books.tokens import _key as token_key
+from crm_to_books_cli.output import CONNECT_FLAGS
 from crm_to_books_cli.target import BAD_CREDENTIALS, Target
 
 OK, WARNING, BLOCKING = "ok", "warning", "blocking"
@@ -414,8 +415,7 @@ class Preflight:
                     BLOCKING,
                     f"connection {connection} is not connected: its secret {secret_id} has no "
                     f"{', '.join(empty)}",
-                    f"crm-to-books connect --stack {self.stack.name} --connection {connection} "
-                    "--data-centre DC --client-id CLIENT_ID (docs/deploy.md)",
+                    f"{self._connect(connection)} (docs/deploy.md)",
                 )
             else:
                 yield Finding("connection", OK, f"connection {connection}: its secret is set")
@@ -431,10 +431,7 @@ class Preflight:
             item = dynamodb.get_item(
                 TableName=names.state_table, Key=token_key(connection), ConsistentRead=True
             ).get("Item", {})
-            reconnect = (
-                f"crm-to-books connect --stack {self.stack.name} --connection {connection} "
-                "--data-centre DC --client-id CLIENT_ID"
-            )
+            reconnect = self._connect(connection)
             expires = float(item.get("expires_at", {}).get("N", 0))
             throttled = float(item.get("throttled_until", {}).get("N", 0))
             if item.get("broken"):
@@ -546,6 +543,10 @@ class Preflight:
                 )
             else:
                 yield Finding("alarm-topic", OK, f"{endpoint} receives the alarms")
+
+    def _connect(self, connection: str) -> str:
+        stack = self.stack.name
+        return f"crm-to-books connect --stack {stack} --connection {connection} {CONNECT_FLAGS}"
 
     def _connection(self, secret_id: str) -> str:
         return secret_id.removeprefix(self.where.names.connection_secret(""))
