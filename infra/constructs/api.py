@@ -16,7 +16,7 @@ from crm_to_books import topology
 from crm_to_books.errors import InvalidRequest
 from crm_to_books.topology import Names
 from infra.config import ApiConfig
-from infra.constructs.nag import acknowledge
+from infra.constructs.nag import acknowledge, as_nag_sees_it
 
 # What API Gateway's account-wide role needs to write logs (as AWS's managed policy
 # AmazonAPIGatewayPushToCloudWatchLogs, and AWS Solutions Constructs, grant).
@@ -155,7 +155,7 @@ class Api(Construct):
             role,
             "The account-wide API Gateway role writes the logs of every API in the region, "
             "including log groups API Gateway names itself (execution logs)",
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:*]",
+            f"AwsSolutions-IAM5[Resource::{as_nag_sees_it(self, logs_in_region)}]",
         )
         account = apigateway.CfnAccount(self, "Account", cloud_watch_role_arn=role.role_arn)
         account.node.add_dependency(self.rest_api.node.default_child)

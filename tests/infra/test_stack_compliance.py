@@ -6,6 +6,8 @@ import json
 
 from cfnlint.api import lint
 
+from tests.infra.conftest import CONFIG, synthesize
+
 
 def test_cdk_nag_reports_no_findings_and_every_acknowledgment_has_a_reason(synth):
     # The synth itself fails on any unacknowledged finding; the report says so too.
@@ -39,4 +41,16 @@ def test_cfn_lint_finds_no_errors(synth):
 
 def test_no_arn_names_its_partition(synth):
     # aws-cn and aws-us-gov must work too: every ARN takes AWS::Partition.
+    assert "arn:aws:" not in json.dumps(synth.template)
+
+
+def test_cdk_nag_passes_when_the_cdk_cli_knows_the_account_and_region(tmp_path, monkeypatch):
+    # `npx aws-cdk deploy` sets these: partition and region become literals in the template,
+    # and every acknowledgment must still name its finding.
+    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "111122223333")
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "us-gov-west-1")
+    synth = synthesize(CONFIG, tmp_path)  # raises on any unacknowledged finding
+    report = json.loads((synth.outdir / "validation-report.json").read_text())
+    assert not [v for r in report["pluginReports"] for v in r["violations"]]
+    assert "arn:aws-us-gov:" in json.dumps(synth.template)
     assert "arn:aws:" not in json.dumps(synth.template)
