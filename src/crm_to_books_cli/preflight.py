@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from crm_to_books import topology
+from crm_to_books import dynamo, topology
 from crm_to_books.tokens import _key as token_key
 from crm_to_books_cli.output import CONNECT_FLAGS
 from crm_to_books_cli.target import BAD_CREDENTIALS, Target
@@ -428,14 +428,15 @@ class Preflight:
         now = self.clock()
         for secret_id in sorted(self.template.secrets()):
             connection = self._connection(secret_id)
-            item = dynamodb.get_item(
+            answer = dynamodb.get_item(
                 TableName=names.state_table, Key=token_key(connection), ConsistentRead=True
-            ).get("Item", {})
+            )
+            item = dynamo.load(answer.get("Item")) or {}  # read as the token keeper reads it
             reconnect = self._connect(connection)
-            expires = float(item.get("expires_at", {}).get("N", 0))
-            throttled = float(item.get("throttled_until", {}).get("N", 0))
+            expires = float(item.get("expires_at") or 0)
+            throttled = float(item.get("throttled_until") or 0)
             if item.get("broken"):
-                reason = item.get("broken_reason", {}).get("S", "refused")
+                reason = item.get("broken_reason") or "refused"
                 yield Finding(
                     "token-keeper",
                     BLOCKING,

@@ -17,7 +17,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 
-from crm_to_books import topology
+from crm_to_books import dynamo, tokens, topology
 from crm_to_books_cli.main import main
 from tests.infra.conftest import CONFIG, synthesize
 
@@ -311,11 +311,8 @@ def connect(connection: str) -> None:
 
 
 def token(connection: str, **fields: Any) -> None:
-    item = {"pk": {"S": f"token#{connection}"}}
-    for name, value in fields.items():
-        item[name] = {"N": str(value)} if isinstance(value, float | int) else {"S": str(value)}
-        if isinstance(value, bool):
-            item[name] = {"BOOL": value}
+    """The connection's item in the state table, as the token keeper writes it."""
+    item = {**tokens._key(connection), **dynamo.dump(fields)}
     client("dynamodb").put_item(TableName=NAMES.state_table, Item=item)
 
 
