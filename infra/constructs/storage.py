@@ -11,7 +11,7 @@ from constructs import Construct
 
 from crm_to_books import topology
 from crm_to_books.access import Resource
-from crm_to_books.topology import Names
+from crm_to_books.topology import Names, TableSpec
 from infra.constructs.removal import KEEP_NAMED
 
 
@@ -22,41 +22,49 @@ def _string(name: str) -> dynamodb.Attribute:
 class Storage(Construct):
     def __init__(self, scope: Construct, id: str, *, names: Names, ledger_stream: bool) -> None:
         super().__init__(scope, id)
-        pitr = dynamodb.PointInTimeRecoverySpecification(point_in_time_recovery_enabled=True)
-        self.ledger = dynamodb.Table(
-            self,
+        # The durable record of every import: it outlives the stack.
+        self.ledger = self._table(
             "Ledger",
-            table_name=names.ledger_table,
-            partition_key=_string(topology.LEDGER_PARTITION_KEY),
-            sort_key=_string(topology.LEDGER_SORT_KEY),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            point_in_time_recovery_specification=pitr,
-            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            names.ledger_table,
+            topology.LEDGER_TABLE,
             stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES if ledger_stream else None,
-            # The durable record of every import: it outlives the stack.
-            removal_policy=KEEP_NAMED,
-            deletion_protection=True,
         )
-        self.ledger.add_global_secondary_index(
-            index_name=topology.LEDGER_STATUS_INDEX,
-            partition_key=_string(topology.LEDGER_STATUS_INDEX_PARTITION_KEY),
-            sort_key=_string(topology.LEDGER_STATUS_INDEX_SORT_KEY),
-            projection_type=dynamodb.ProjectionType.ALL,
-        )
-        self.state = dynamodb.Table(
+        # No TTL: every item is rewritten by its owner, or read as stale (a limiter item from
+        # before yesterday is empty). Kept with the rest: broken connections and Zoho's token
+        # blocks must outlive a redeploy.
+        self.state = self._table("State", names.state_table, topology.STATE_TABLE)
+
+    def _table(
+        self,
+        id: str,
+        name: str,
+        spec: TableSpec,
+        stream: dynamodb.StreamViewType | None = None,
+    ) -> dynamodb.Table:
+        """The table `spec` defines (the one definition the local stack and tests build too)."""
+        table = dynamodb.Table(
             self,
-            "State",
-            table_name=names.state_table,
-            partition_key=_string(topology.STATE_PARTITION_KEY),
+            id,
+            table_name=name,
+            partition_key=_string(spec.partition_key),
+            sort_key=_string(spec.sort_key) if spec.sort_key else None,
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            point_in_time_recovery_specification=pitr,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
-            # No TTL: every item is rewritten by its owner, or read as stale (a limiter item
-            # from before yesterday is empty). Kept with the stack's other state: broken
-            # connections and Zoho's token blocks must outlive a redeploy.
+            stream=stream,
             removal_policy=KEEP_NAMED,
             deletion_protection=True,
         )
+        for index, partition_key, sort_key in spec.indexes:
+            table.add_global_secondary_index(
+                index_name=index,
+                partition_key=_string(partition_key),
+                sort_key=_string(sort_key),
+                projection_type=dynamodb.ProjectionType.ALL,
+            )
+        return table
 
     @property
     def indexes(self) -> dict[Resource, list[str]]:
