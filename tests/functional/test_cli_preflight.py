@@ -166,10 +166,7 @@ def test_resources_left_by_an_earlier_stack_block_unless_the_deploy_adopts_them(
 ):
     bootstrapped()
     client("dynamodb").create_table(
-        TableName=NAMES.ledger_table,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        **topology.LEDGER_TABLE.create_table_request(NAMES.ledger_table)
     )
     client("secretsmanager").create_secret(Name=NAMES.connection_secret("main"), SecretString="{}")
     client("logs").create_log_group(logGroupName=f"/aws/lambda/{STACK}-redrive")
@@ -287,12 +284,7 @@ def deployed(aws: Answers) -> dict[str, Any]:
             Name=NAMES.connection_secret(connection),
             SecretString=json.dumps({**placeholders, "accounts_url": "", "placeholder": "x"}),
         )
-    client("dynamodb").create_table(
-        TableName=NAMES.state_table,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-    )
+    client("dynamodb").create_table(**topology.STATE_TABLE.create_table_request(NAMES.state_table))
     return {"topic": topic}
 
 
