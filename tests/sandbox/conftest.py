@@ -20,6 +20,7 @@ import requests
 from crm_to_books_cli.sandbox import ManualClock, ZohoSandbox
 from crm_to_books_cli.sandbox.testing import (  # noqa: F401 (fixtures)
     SandboxFactory,
+    notify_receiver,
     zoho_sandbox,
     zoho_sandbox_factory,
 )
@@ -85,6 +86,35 @@ class Client:
         assert answer.status_code == 200, answer.text
         found: list[dict[str, Any]] = answer.json()["items" if kind == "item" else "contacts"]
         return found
+
+    def crm(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        """A Zoho CRM API call: `path` is under /crm/v8/."""
+        kw.setdefault("timeout", 5)
+        headers = {**self.headers(token), **(headers or {})}
+        return self.http.request(method, f"{self.sb.url}/crm/v8/{path}", headers=headers, **kw)
+
+    def records(
+        self,
+        module: str = "Accounts",
+        since: str | None = None,
+        token: str | None = None,
+        **params: str,
+    ) -> requests.Response:
+        """Get Records, `since` as If-Modified-Since."""
+        headers = {"If-Modified-Since": since} if since else {}
+        return self.crm("GET", module, token, headers, params=params)
+
+    def watch(
+        self, method: str, body: Any = None, token: str | None = None, **params: str
+    ) -> requests.Response:
+        return self.crm(method, "actions/watch", token, json=body, params=params)
 
     def control(self, path: str, body: dict[str, Any] | None = None) -> requests.Response:
         url = f"{self.sb.url}/__sandbox/{path}"

@@ -83,3 +83,19 @@ def test_bad_option_is_a_usage_error(cli):
 
     assert process.proc.returncode == 2
     assert "--reimport" in err
+
+
+def test_the_cli_serves_the_crm(cli):
+    process = cli("-m", "crm_to_books_cli.sandbox", "--port", "0", "--crm-credits", "1")
+    info = process.first_line()
+    token = _token(info).json()["access_token"]
+    url, headers = f"{info['url']}/crm/v8/Accounts", {"Authorization": f"Zoho-oauthtoken {token}"}
+
+    answers = [
+        requests.get(url, params={"fields": "Account_Name"}, headers=headers, timeout=5)
+        for _ in range(2)
+    ]
+    process.stop()
+
+    assert [a.status_code for a in answers] == [200, 429]
+    assert {r["id"] for r in answers[0].json()["data"]} == set(info["crm_ids"]["account"])

@@ -1,4 +1,4 @@
-"""`crm-to-books sandbox`: run the local Zoho sandbox (Accounts + Books) in the foreground."""
+"""`crm-to-books sandbox`: run the local Zoho sandbox (Accounts, Books, CRM) in the foreground."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from crm_to_books_cli.sandbox.cli import add_arguments, run
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "sandbox",
-        help="run a local Zoho sandbox (Accounts + Books)",
-        description="Serve a local stand-in for Zoho Accounts and Zoho Books. Prints one JSON "
-        "line (url, credentials, organizations, CRM ids) and serves until SIGINT/SIGTERM.",
+        help="run a local Zoho sandbox (Accounts, Books, CRM)",
+        description="Serve a local stand-in for Zoho Accounts, Zoho Books and Zoho CRM. Prints "
+        "one JSON line (url, credentials, organizations, CRM ids) and serves until SIGINT/SIGTERM.",
     )
     add_arguments(parser)
     parser.set_defaults(func=run)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,7 +18,6 @@ from crm_to_books_cli.sandbox.config import (
     CRM_MODULES,
     KINDS,
     MISSING_CRM_ID,
-    SEEDED_CRM_RECORDS,
     Organization,
 )
 from crm_to_books_cli.sandbox.state import JSON, Reply, Shared, books_error
@@ -167,8 +166,9 @@ def _method_not_allowed(method: str) -> Reply:
 
 
 class Books:
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, crm_name: Callable[[str, str], str | None]) -> None:
         self._s = shared
+        self._crm_name_of = crm_name  # the CRM record's name, None when there is no record
         now = shared.clock()
         self._orgs = {
             org.organization_id: _Org(org, day_start=now) for org in shared.config.organizations
@@ -276,7 +276,8 @@ class Books:
                 f"Zoho Books is not integrated with Zoho CRM for {module} in this organization. "
                 "Enable the matching CRM sync mode and try again.",
             )
-        if not self._crm_record_exists(kind, crm_id):
+        name = self._crm_name(kind, crm_id)
+        if name is None:
             return books_error(400, 1002, f"The record does not exist in Zoho CRM {module}.")
         key = (org.organization_id, kind, crm_id)
         existing = self._records.get(key)
@@ -285,7 +286,7 @@ class Books:
         if existing and config.reimport == "return_existing":
             record = existing[0]
         else:
-            record = _Record(str(self._next_id), kind, crm_id, self._crm_name(kind, crm_id))
+            record = _Record(str(self._next_id), kind, crm_id, name)
             self._next_id += 1
             self._records.setdefault(key, []).append(record)
         self._imports[key] += 1
@@ -346,15 +347,16 @@ class Books:
             {"code": 0, "message": "success", route.list_key: page, "page_context": page_context},
         )
 
-    def _crm_record_exists(self, kind: str, crm_id: str) -> bool:
+    def _crm_name(self, kind: str, crm_id: str) -> str | None:
+        """The CRM record's name as Books takes it; None when the CRM has no such record (with
+        `auto_create_crm_records`, any well-formed id has one, named after it)."""
         config = self._s.config
         if crm_id == MISSING_CRM_ID or crm_id in config.missing_crm_ids:
-            return False
-        return crm_id in SEEDED_CRM_RECORDS[kind] or config.auto_create_crm_records
-
-    @staticmethod
-    def _crm_name(kind: str, crm_id: str) -> str:
-        return SEEDED_CRM_RECORDS[kind].get(crm_id) or f"CRM {CRM_MODULES[kind]} {crm_id}"
+            return None
+        name = self._crm_name_of(kind, crm_id)
+        if name is None and config.auto_create_crm_records:
+            name = f"CRM {CRM_MODULES[kind]} {crm_id}"
+        return name
 
     # -- controls ----------------------------------------------------------------------------
 

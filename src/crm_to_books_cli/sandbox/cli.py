@@ -31,6 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--faults", metavar="JSON", help="fault knobs, e.g. '{\"fail_5xx_rate\": 0.1}'"
     )
+    parser.add_argument(
+        "--auto-create-crm-records",
+        action="store_true",
+        help="any well-formed CRM id imports, record or not (benchmarks)",
+    )
+    parser.add_argument("--crm-credits", type=int, metavar="N", help="CRM API credits per day")
+    parser.add_argument("--crm-concurrency", type=int, metavar="N", help="CRM calls in flight")
+    parser.add_argument(
+        "--crm-faults", metavar="JSON", help="CRM fault knobs, e.g. '{\"fail_429_rate\": 0.1}'"
+    )
     parser.add_argument("--log-requests", action="store_true", help="log requests (redacted)")
 
 
@@ -40,6 +50,11 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
         with open(args.config, encoding="utf-8") as file:
             settings = json.load(file)
     faults: dict[str, Any] = dict(settings.pop("faults", {}))
+    crm: dict[str, Any] = dict(settings.pop("crm", {}))
+    if args.crm_faults:
+        crm["faults"] = {**crm.get("faults", {}), **json.loads(args.crm_faults)}
+    crm_flags = {"credits_per_day": args.crm_credits, "max_concurrency": args.crm_concurrency}
+    crm.update({name: value for name, value in crm_flags.items() if value is not None})
     if args.faults:
         faults.update(json.loads(args.faults))
     if args.latency is not None:
@@ -52,9 +67,12 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
         "reimport": args.reimport,
         "contact_result_key": args.result_key,
         "log_requests": args.log_requests or None,
+        "auto_create_crm_records": args.auto_create_crm_records or None,
     }
     settings.update({name: value for name, value in flags.items() if value is not None})
-    return SandboxConfig.model_validate({**settings, "faults": Faults.model_validate(faults)})
+    return SandboxConfig.model_validate(
+        {**settings, "faults": Faults.model_validate(faults), "crm": crm}
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from crm_to_books_cli.sandbox.crm_config import CrmSettings
+
 Kind = Literal["account", "contact", "vendor", "item"]
 KINDS: tuple[Kind, ...] = ("account", "contact", "vendor", "item")
 CRM_MODULES: dict[str, str] = {
@@ -54,6 +56,14 @@ SEEDED_CRM_RECORDS: dict[str, dict[str, str]] = {
     },
 }
 MISSING_CRM_ID = "3652397000000999999"
+# The seeded connection's scopes: Books, and what the CRM triggers read and watch.
+SEEDED_SCOPE = ",".join(
+    [
+        "ZohoBooks.fullaccess.all",
+        *(f"ZohoCRM.modules.{module.lower()}.READ" for module in CRM_MODULES.values()),
+        "ZohoCRM.notifications.ALL",
+    ]
+)
 
 
 class _Model(BaseModel):
@@ -132,7 +142,7 @@ class SandboxConfig(_Model):
     client_id: str = "1000.SANDBOXCLIENT0000000000000000"
     client_secret: str = "5a4db0c1e2f3sandbox0client0secret0000000"  # noqa: S105
     refresh_token: str = "1000.5a4db0c1e2f3a4b5c6d7e8f9a0b1c2d3.sandbox0seeded0refresh00"  # noqa: S105
-    refresh_token_scope: str = "ZohoBooks.fullaccess.all"  # noqa: S105
+    refresh_token_scope: str = SEEDED_SCOPE
 
     token_lifetime_seconds: int = Field(3600, ge=1)
     token_requests_per_window: int = Field(10, ge=1)
@@ -155,6 +165,7 @@ class SandboxConfig(_Model):
     lookup_ignores_filter: bool = False
     lookup_rows_without_crm_id: bool = False
     lookup_refuses: Literal[400, 404] | None = None
+    crm: CrmSettings = CrmSettings()
 
     faults: Faults = Faults()
     log_requests: bool = False

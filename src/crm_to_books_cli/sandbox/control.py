@@ -6,9 +6,11 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from crm_to_books_cli.sandbox.crm_control import CRM_GET, CRM_POST
 from crm_to_books_cli.sandbox.state import JSON, Reply
 
 if TYPE_CHECKING:
+    from crm_to_books_cli.sandbox.crm import Crm
     from crm_to_books_cli.sandbox.server import ZohoSandbox
 
 Action = Callable[["ZohoSandbox", dict[str, Any]], JSON]
@@ -49,6 +51,10 @@ def _configure(sandbox: ZohoSandbox, body: dict[str, Any]) -> JSON:
     return sandbox.configure(**body).model_dump(mode="json", exclude={"client_secret"})
 
 
+def _on_crm(action: Callable[[Crm, dict[str, Any]], JSON]) -> Action:
+    return lambda sandbox, body: action(sandbox.crm, body)
+
+
 _POST: dict[str, Action] = {
     "/__sandbox/faults": _faults,
     "/__sandbox/limits": _limits,
@@ -57,6 +63,7 @@ _POST: dict[str, Action] = {
     "/__sandbox/grant-code": _grant_code,
     "/__sandbox/reset": _reset,
     "/__sandbox/config": _configure,
+    **{path: _on_crm(action) for path, action in CRM_POST.items()},
 }
 
 
@@ -67,6 +74,8 @@ def handle(
         if method == "GET" and path == "/__sandbox/state":
             window = query.get("window")
             return Reply(200, sandbox.state(float(window) if window else None))
+        if method == "GET" and path in CRM_GET:
+            return Reply(200, CRM_GET[path](sandbox.crm, query))
         action = _POST.get(path)
         if action is None or method != "POST":
             return Reply(404, {"error": f"no control endpoint {method} {path}"})

@@ -25,6 +25,7 @@ from crm_to_books_cli.sandbox.config import (
     Organization,
     SandboxConfig,
 )
+from crm_to_books_cli.sandbox.crm import Crm
 from crm_to_books_cli.sandbox.faults import FaultInjector
 from crm_to_books_cli.sandbox.state import (
     JSON,
@@ -40,7 +41,8 @@ _SECRET_PARAMS = frozenset({"client_secret", "refresh_token", "code", "access_to
 
 
 class ZohoSandbox:
-    """Zoho Accounts and Zoho Books on one local port (`url` is also the `api_domain`)."""
+    """Zoho Accounts, Zoho Books and Zoho CRM (`crm`) on one local port (`url` is also the
+    `api_domain`)."""
 
     def __init__(
         self,
@@ -54,7 +56,8 @@ class ZohoSandbox:
         self._address = (host, port)
         self._shared = Shared(config, clock)
         self._accounts = Accounts(self._shared)
-        self._books = Books(self._shared)
+        self.crm = Crm(self._shared, self._accounts.authenticate)
+        self._books = Books(self._shared, self.crm.name_of)
         self._faults = FaultInjector(self._shared, config.faults)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -82,6 +85,7 @@ class ZohoSandbox:
         if server is None:
             return
         self._faults.release_all()  # requests held by latency or a hang finish now
+        self.crm.stop()
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -163,6 +167,7 @@ class ZohoSandbox:
                     n for name, n in sent.items() if name.startswith("token_errors_html")
                 )
                 + sent["token_errors_unknown_error"],
+                "crm": self.crm.counters(),
             }
 
     def state(self, window_seconds: float | None = None) -> JSON:
@@ -229,6 +234,7 @@ class ZohoSandbox:
             self._accounts.reset()
             self._books.reset()
             self._faults.sent.clear()
+            self.crm.reset()
 
     # -- request handling (called by _Handler) -----------------------------------------------
 
@@ -416,6 +422,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send(sandbox._token({**query, **form}))
         elif url.path.startswith("/__sandbox/"):
             self.send(control.handle(sandbox, self.command, url.path, query, body))
+        elif url.path.startswith("/crm/"):
+            auth, since = self.headers.get("Authorization"), self.headers.get("If-Modified-Since")
+            self.send(sandbox.crm.serve(self.command, url.path, query, body, auth, since))
         else:
             sandbox._books_request(self, url.path, query)
 
@@ -429,15 +438,18 @@ class _Handler(BaseHTTPRequestHandler):
     def send(self, reply: Reply | None, headers: Mapping[str, str] | None = None) -> None:
         if reply is None:
             return
-        if isinstance(reply.body, str):
+        if reply.status in (204, 304):  # no body, by definition
+            data, content_type = b"", ""
+        elif isinstance(reply.body, str):
             data, content_type = reply.body.encode(), "text/html;charset=UTF-8"
         else:
             data, content_type = json.dumps(reply.body).encode(), "application/json;charset=UTF-8"
         self.server.sandbox._log(self, reply.status)  # first: a test may read logs on answer
         try:
             self.send_response(reply.status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
+            if content_type:
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
             for name, value in {**reply.headers, **(headers or {})}.items():
                 self.send_header(name, value)
             self.end_headers()
