@@ -83,7 +83,8 @@ def local_stack(**options: Any) -> Iterator[Local]:
     except ImportError as exc:
         raise Unavailable(f"local stack not available ({exc})") from None
     organizations = tuple(o.with_changes(**NO_LIMIT) for o in DEFAULT_ORGANIZATIONS)
-    sandbox = ZohoSandbox(port=0, config=SandboxConfig(organizations=organizations))
+    config = SandboxConfig(organizations=organizations, auto_create_crm_records=True)  # any id
+    sandbox = ZohoSandbox(port=0, config=config)
     org = organizations[0].organization_id
     lines = Lines()
     stack = LocalStack(

@@ -17,6 +17,7 @@ import pytest
 
 from crm_to_books_cli.local import LocalStack
 from crm_to_books_cli.local.stack import REPO_ROOT
+from crm_to_books_cli.sandbox import SandboxConfig, ZohoSandbox
 from tests.e2e.helpers import MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT, FakeSandbox, Logs
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -79,6 +80,8 @@ def local_stack(local_stack_logs: Logs) -> Iterator[LocalStack]:
             "lookup_settle_seconds": 10.0,
         },
         log_sink=local_stack_logs,
+        # The tests import any id they make up: every well-formed id is a CRM record.
+        sandbox=ZohoSandbox(port=0, config=SandboxConfig(auto_create_crm_records=True)),
     )
     with stack:
         yield stack

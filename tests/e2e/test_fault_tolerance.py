@@ -111,7 +111,10 @@ def stack(logs: Logs) -> Iterator[LocalStack]:
     sandbox = RecordingSandbox(
         port=0,
         config=SandboxConfig(
-            reimport="duplicate", organizations=zoho_orgs, missing_crm_ids=frozenset(MISSING)
+            reimport="duplicate",
+            organizations=zoho_orgs,
+            missing_crm_ids=frozenset(MISSING),
+            auto_create_crm_records=True,  # every made-up id is a CRM record, except MISSING
         ),
     )
     names = {c: Names(PREFIX).connection_secret(c) for c in set(CONNECTION.values())}

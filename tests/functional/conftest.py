@@ -33,7 +33,8 @@ def create_tables(client: Any) -> None:
 
 @pytest.fixture
 def sandbox() -> Iterator[ZohoSandbox]:
-    config = SandboxConfig(rate_window_seconds=WINDOW)
+    # These tests are about the engine and handlers: any id they make up is a CRM record.
+    config = SandboxConfig(rate_window_seconds=WINDOW, auto_create_crm_records=True)
     with ZohoSandbox(port=0, config=config) as sb:
         yield sb
 

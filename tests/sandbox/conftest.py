@@ -116,6 +116,11 @@ class Client:
     ) -> requests.Response:
         return self.crm(method, "actions/watch", token, json=body, params=params)
 
+    def new_id(self, kind: str = "account", **fields: Any) -> str:
+        """The id of a new CRM record of `kind` (only CRM records import)."""
+        crm_id: str = self.sb.crm.create_record(kind, **fields)["id"]
+        return crm_id
+
     def control(self, path: str, body: dict[str, Any] | None = None) -> requests.Response:
         url = f"{self.sb.url}/__sandbox/{path}"
         if body is None and path.startswith("state"):

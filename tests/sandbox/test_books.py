@@ -61,18 +61,16 @@ def test_missing_crm_record_is_refused(sandbox, client, kind):
     assert sandbox.counters()["books_records"] == {}
 
 
-def test_any_well_formed_id_exists_unless_listed_missing(start, client_for):
-    client = client_for(start(missing_crm_ids={"42"}))
+def test_with_auto_create_any_well_formed_id_exists_unless_listed_missing(start, client_for):
+    client = client_for(start(auto_create_crm_records=True, missing_crm_ids={"42"}))
 
     assert client.import_("account", "1").status_code == 200
     assert client.import_("account", "9" * 19).status_code == 200
     assert client.import_("account", "42").json()["code"] == 1002
+    assert client.lookup("account", "1")[0]["contact_name"] == "CRM Accounts 1"
 
 
-def test_without_auto_create_only_seeded_records_exist(start, client_for):
-    sandbox = start(auto_create_crm_records=False)
-    client = client_for(sandbox)
-
+def test_by_default_only_crm_records_exist(sandbox, client):
     assert client.import_("vendor", sandbox.crm_ids["vendor"][1]).status_code == 200
     assert client.import_("vendor", "1234").json()["code"] == 1002
     # Seeded ids belong to one module: an account id is not a vendor.
@@ -144,8 +142,10 @@ def test_reimport_duplicate_mode_creates_and_counts_duplicates(start, client_for
     assert counters["duplicates"] == 1
 
 
-def test_lookups_match_only_records_of_their_kind_and_organization(sandbox, client):
-    crm_id = "1234567890123456789"  # the same id in every module
+def test_lookups_match_only_records_of_their_kind_and_organization(start, client_for):
+    sandbox = start(auto_create_crm_records=True)  # so one id can be in every module
+    client = client_for(sandbox)
+    crm_id = "1234567890123456789"
     books_ids = {kind: client.import_(kind, crm_id).json()["data"] for kind in KINDS}
 
     for kind in KINDS:

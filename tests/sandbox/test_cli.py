@@ -44,6 +44,7 @@ def test_python_dash_m_sandbox_with_options_and_sigint(cli, tmp_path):
     process = cli(
         "-m", "crm_to_books_cli.sandbox", "--port", "0", "--config", str(config),
         "--result-key", "customer_id", "--rate-window", "5", "--faults", '{"fail_5xx_next": 1}',
+        "--auto-create-crm-records",
     )  # fmt: skip
 
     info = process.first_line()
@@ -59,6 +60,7 @@ def test_python_dash_m_sandbox_with_options_and_sigint(cli, tmp_path):
     assert "customer_id" in statuses[1].json()["data"]
     assert state["counters"]["duplicates"] == 1
     assert state["config"]["rate_window_seconds"] == 5
+    assert state["config"]["auto_create_crm_records"] is True  # so account 1 imports
     assert state["faults"]["seed"] == 3
     assert 1 <= int(statuses[1].headers["X-Rate-Limit-Reset"]) <= 5
     assert code == 0

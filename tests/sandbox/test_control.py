@@ -6,12 +6,13 @@ import pytest
 
 
 def test_state_has_counters_config_and_faults_but_no_secrets(sandbox, client):
-    client.import_("account", "21")
+    crm_id = client.new_id()
+    client.import_("account", crm_id)
 
     state = client.control("state").json()
 
     assert state["url"] == sandbox.url
-    assert state["counters"]["imports"] == {client.org: {"account": {"21": 1}}}
+    assert state["counters"]["imports"] == {client.org: {"account": {crm_id: 1}}}
     assert state["counters"]["token_requests"]["granted"] == 1
     assert state["config"]["reimport"] == "return_existing"
     assert "client_secret" not in state["config"]
@@ -23,11 +24,12 @@ def test_state_has_counters_config_and_faults_but_no_secrets(sandbox, client):
 def test_faults_set_and_cleared_over_http(client):
     answer = client.control("faults", {"fail_5xx_next": 1, "fail_5xx_status": 502})
     assert answer.json()["remaining"]["fail_5xx_next"] == 1
-    assert client.import_("account", "22").status_code == 502
+    crm_id = client.new_id()
+    assert client.import_("account", crm_id).status_code == 502
 
     client.control("faults", {"fail_5xx_rate": 1.0})
     assert client.control("faults", {}).json()["fail_5xx_rate"] == 0
-    assert client.import_("account", "22").status_code == 200
+    assert client.import_("account", crm_id).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -68,13 +70,16 @@ def test_grant_code_over_http(client):
     answer = client.token_request(grant_type="authorization_code", code=code).json()
 
     assert "refresh_token" in answer
-    assert client.import_("account", "23", token=answer["access_token"]).status_code == 200
+    assert (
+        client.import_("account", client.new_id(), token=answer["access_token"]).status_code == 200
+    )
 
 
 def test_reset_over_http_returns_to_the_seeded_state(sandbox, client):
-    client.import_("account", "24")
+    crm_id = client.new_id()
+    client.import_("account", crm_id)
     client.control("faults", {"fail_5xx_next": 1})
-    client.import_("account", "25")
+    client.import_("account", client.new_id())
 
     assert client.control("reset").json() == {"reset": True}
 
@@ -83,15 +88,16 @@ def test_reset_over_http_returns_to_the_seeded_state(sandbox, client):
     assert counters["books_records"] == {}
     assert counters["errors_5xx"] == 0
     assert counters["token_requests"]["total"] == 0
-    assert client.lookup("account", "24") == []
+    assert client.lookup("account", crm_id) == []
     assert client.get("/books/v3/contacts").status_code == 200  # issued tokens still work
 
 
 def test_config_changes_behaviour_at_run_time_but_not_seeds(sandbox, client):
     answer = client.control("config", {"reimport": "duplicate"})
     assert answer.json()["reimport"] == "duplicate"
-    client.import_("account", "26")
-    client.import_("account", "26")
+    crm_id = client.new_id()
+    client.import_("account", crm_id)
+    client.import_("account", crm_id)
     assert sandbox.counters()["duplicates"] == 1
 
     assert client.control("config", {"client_id": "someone"}).status_code == 400

@@ -145,4 +145,5 @@ def test_cli_flags_set_the_crm(tmp_path):
     assert (config.crm.credits_per_day, config.crm.max_concurrency) == (50, 2)
     assert config.crm.utc_offset == "-08:00"
     assert (config.crm.faults.seed, config.crm.faults.fail_429_rate) == (9, 0.5)
+    assert default.auto_create_crm_records is False
     assert default.crm.credits_per_day == 5000

@@ -21,19 +21,20 @@ def _lookup_on_a_new_connection(client, kind, crm_id):
 def test_fail_5xx_next_fails_exactly_that_many_and_nothing_is_imported(sandbox, client):
     sandbox.set_faults(fail_5xx_next=2)
 
-    answers = [client.import_("account", "11") for _ in range(3)]
+    crm_id = client.new_id()
+    answers = [client.import_("account", crm_id) for _ in range(3)]
 
     assert [a.status_code for a in answers] == [500, 500, 200]
     assert answers[0].json()["code"] == 500
     counters = sandbox.counters()
     assert counters["errors_5xx"] == 2
-    assert counters["imports"][client.org]["account"]["11"] == 1
+    assert counters["imports"][client.org]["account"][crm_id] == 1
 
 
 def test_5xx_status_is_configurable_and_the_edge_answers_html(sandbox, client):
     sandbox.set_faults(fail_5xx_next=1, fail_5xx_status=503)
 
-    answer = client.import_("account", "11")
+    answer = client.import_("account", client.new_id())
 
     assert answer.status_code == 503
     assert answer.headers["Content-Type"].startswith("text/html")
@@ -43,8 +44,9 @@ def test_5xx_status_is_configurable_and_the_edge_answers_html(sandbox, client):
 def test_5xx_after_commit_fails_the_answer_but_the_record_exists(sandbox, client):
     sandbox.set_faults(fail_5xx_next=1, fail_5xx_after_commit=True)
 
-    assert client.import_("contact", "12").status_code == 500
-    assert len(client.lookup("contact", "12")) == 1
+    crm_id = client.new_id("contact")
+    assert client.import_("contact", crm_id).status_code == 500
+    assert len(client.lookup("contact", crm_id)) == 1
 
 
 def test_fail_5xx_rate_is_seeded_and_reproducible(start, client_for):
@@ -70,10 +72,11 @@ def test_fail_5xx_rate_one_fails_every_request(sandbox, client):
 def test_reset_before_handling_aborts_the_connection_and_nothing_happens(sandbox, client):
     sandbox.set_faults(reset_before_next=1)
 
+    crm_id = client.new_id()
     with pytest.raises(requests.ConnectionError):
-        client.import_("account", "13")
+        client.import_("account", crm_id)
 
-    assert client.lookup("account", "13") == []
+    assert client.lookup("account", crm_id) == []
     counters = sandbox.counters()
     assert counters["resets"] == 1
     assert counters["imports"] == {}
@@ -83,10 +86,11 @@ def test_reset_before_handling_aborts_the_connection_and_nothing_happens(sandbox
 def test_hang_after_commit_times_the_client_out_but_the_record_exists(sandbox, client):
     sandbox.set_faults(hang_after_commit_next=1, hang_seconds=30)
 
+    crm_id = client.new_id("vendor")
     with pytest.raises(requests.ReadTimeout):
-        client.import_("vendor", "14", timeout=0.3)
+        client.import_("vendor", crm_id, timeout=0.3)
 
-    found = _lookup_on_a_new_connection(client, "vendor", "14")
+    found = _lookup_on_a_new_connection(client, "vendor", crm_id)
     assert len(found) == 1
     counters = sandbox.counters()
     assert counters["hangs"] == 1
@@ -97,10 +101,11 @@ def test_hang_after_commit_times_the_client_out_but_the_record_exists(sandbox, c
 def test_drop_after_commit_resets_the_connection_but_the_record_exists(sandbox, client, knobs):
     sandbox.set_faults(hang_after_commit_next=1, **knobs)
 
+    crm_id = client.new_id("item")
     with pytest.raises(requests.ConnectionError):
-        client.import_("item", "15")
+        client.import_("item", crm_id)
 
-    assert len(_lookup_on_a_new_connection(client, "item", "15")) == 1
+    assert len(_lookup_on_a_new_connection(client, "item", crm_id)) == 1
     assert sandbox.counters()["drops"] == 1
 
 
@@ -118,16 +123,17 @@ def test_scope_imports_leaves_lookups_alone(sandbox, client):
     sandbox.set_faults(fail_5xx_rate=1.0, scope="imports")
 
     assert client.get("/books/v3/contacts").status_code == 200
-    assert client.import_("account", "16").status_code == 500
+    assert client.import_("account", client.new_id()).status_code == 500
 
 
 def test_kind_scopes_faults_to_one_kind(sandbox, client):
     sandbox.set_faults(fail_5xx_rate=1.0, kind="item")
 
-    assert client.import_("account", "17").status_code == 200
-    assert client.lookup("account", "17")
-    assert client.import_("item", "17").status_code == 500
-    assert client.get("/books/v3/items", zcrm_product_id="17").status_code == 500
+    account, item = client.new_id("account"), client.new_id("item")
+    assert client.import_("account", account).status_code == 200
+    assert client.lookup("account", account)
+    assert client.import_("item", item).status_code == 500
+    assert client.get("/books/v3/items", zcrm_product_id=item).status_code == 500
 
 
 def test_faults_do_not_touch_the_token_endpoint_except_token_fail(sandbox, client):
@@ -142,8 +148,9 @@ def test_faults_do_not_touch_the_token_endpoint_except_token_fail(sandbox, clien
 def test_faults_from_the_start_config(start, client_for):
     client = client_for(start(faults=Faults(fail_5xx_next=1)))
 
-    assert client.import_("account", "18").status_code == 500
-    assert client.import_("account", "18").status_code == 200
+    crm_id = client.new_id()
+    assert client.import_("account", crm_id).status_code == 500
+    assert client.import_("account", crm_id).status_code == 200
 
 
 def test_set_faults_replaces_every_knob_and_rejects_unknown_ones(sandbox, client):

@@ -21,7 +21,8 @@ def test_per_minute_limit_is_429_code_44_with_rate_headers(sandbox, client, cloc
         answers.append(client.get("/books/v3/contacts"))
         clock.advance(10)
 
-    refused = client.import_("account", "1")
+    crm_id = client.new_id()
+    refused = client.import_("account", crm_id)
 
     assert [_rate_headers(a)[1] for a in answers] == ["2", "1", "0"]
     assert refused.status_code == 429
@@ -30,7 +31,7 @@ def test_per_minute_limit_is_429_code_44_with_rate_headers(sandbox, client, cloc
     assert "Retry-After" not in refused.headers
     assert sandbox.counters()["books_records"] == {}
     clock.advance(30)
-    assert client.import_("account", "1").status_code == 200
+    assert client.import_("account", crm_id).status_code == 200
     assert sandbox.counters()["responses_429"] == {"44": 1, "45": 0, "1070": 0}
 
 
@@ -100,7 +101,7 @@ def test_concurrency_limit_is_429_code_1070(sandbox, client, client_for):
         worker.start()
     wait_until(lambda: sandbox.counters()["in_flight"][client.org] == 2)
 
-    refused = client.import_("account", "7")
+    refused = client.import_("account", client.new_id())
     sandbox.clear_faults()
     for worker in workers:
         worker.join(5)

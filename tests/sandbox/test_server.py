@@ -39,12 +39,13 @@ def test_serves_many_concurrent_requests(zoho_sandbox_factory):
     org = sandbox.organizations[0]
     sandbox.set_limits(org, requests_per_minute=10_000, daily_limit=10_000, max_concurrency=1_000)
     token = access_token(sandbox)
+    ids = [record["id"] for record in sandbox.crm.create_records("Accounts", [{}] * 320)]
 
     def work(worker: int) -> list[int]:
         with requests.Session() as http:
             return [
                 http.post(
-                    f"{sandbox.url}/books/v3/crm/account/{worker * 10 + n}/import",
+                    f"{sandbox.url}/books/v3/crm/account/{ids[worker * 5 + n]}/import",
                     params={"organization_id": org},
                     headers={"Authorization": f"Zoho-oauthtoken {token}"},
                     timeout=10,

@@ -15,7 +15,7 @@ CRM = "1234567890123456789"
 
 
 def test_a_single_record_read_carries_the_crm_ids_even_when_lists_leave_them_out(start, client_for):
-    sandbox = start(lookup_rows_without_crm_id=True)
+    sandbox = start(lookup_rows_without_crm_id=True, auto_create_crm_records=True)  # CRM: 2 kinds
     client = client_for(sandbox)
     contact_id = client.import_("vendor", CRM).json()["data"]["contact_id"]
     item_id = client.import_("item", CRM).json()["data"]["item_id"]
@@ -32,7 +32,8 @@ def test_a_single_record_read_carries_the_crm_ids_even_when_lists_leave_them_out
 
 
 def test_a_read_needs_the_read_scope(sandbox, client):
-    contact_id = client.import_("account", CRM).json()["data"]["contact_id"]
+    crm_id = sandbox.crm_ids["account"][0]
+    contact_id = client.import_("account", crm_id).json()["data"]["contact_id"]
     granted = client.http.post(
         f"{sandbox.url}/oauth/v2/token",
         data={

@@ -157,7 +157,7 @@ class SandboxConfig(_Model):
     reimport: Literal["return_existing", "error", "duplicate"] = "return_existing"
     contact_result_key: Literal["contact_id", "customer_id"] = "contact_id"
     import_status: Literal[200, 201] = 200
-    auto_create_crm_records: bool = True
+    auto_create_crm_records: bool = False  # True: any well-formed id imports (benchmarks)
     missing_crm_ids: frozenset[str] = frozenset()
     # How list look-ups by CRM id may misbehave (each seen in some Books API): the filter
     # ignored (every record listed, a page at a time), rows without their zcrm_* fields, or
