@@ -132,7 +132,12 @@ class FakeImporter:
 
     # --- ImporterLike -----------------------------------------------------------------------
     def run(
-        self, request: ImportRequest, *, last_delivery: bool = False, sync: bool = False
+        self,
+        request: ImportRequest,
+        *,
+        last_delivery: bool = False,
+        sync: bool = False,
+        holder: Any = None,
     ) -> FakeOutcome:
         self.calls.append(("run", (request, last_delivery)))
         self.settings.organization(request.organization_id)
@@ -153,6 +158,8 @@ class FakeImporter:
         queued = sync and how.result == "retry_later" and recorded and not how.parked
         if queued:
             self.enqueue(request, how.retry_after or 0)
+        elif holder is not None and how.result == "retry_later" and not how.parked:
+            holder.hold(how.retry_after or 60, fresh=how.rate_limited)  # as the engine does
         return FakeOutcome(
             request,
             record,

@@ -118,10 +118,10 @@ def test_an_unexpected_error_retries_that_record_and_spares_the_rest(
 ) -> None:
     real_run = importer.run
 
-    def flaky(request: Any, *, last_delivery: bool = False) -> Any:
+    def flaky(request: Any, **options: Any) -> Any:
         if request.crm_id == "1":
             raise RuntimeError("DynamoDB throttled")
-        return real_run(request, last_delivery=last_delivery)
+        return real_run(request, **options)
 
     monkeypatch.setattr(importer, "run", flaky)
     records = [sqs_record({"organization_id": ORG, "crm_id": c}, message_id=c) for c in "12"]

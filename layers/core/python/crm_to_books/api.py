@@ -389,7 +389,7 @@ def openapi_document(app: APIGatewayRestResolver) -> str:
 
 def _accept(importer: ImporterLike, request: ImportRequest, location: str) -> Response[Any]:
     record = importer.accept(request)
-    if record.status == Status.SUCCEEDED:
+    if record.status == Status.SUCCEEDED:  # already, or done while this request queued it
         return _json(200, _success(record, None))
     return _json(
         202,

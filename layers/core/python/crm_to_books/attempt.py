@@ -39,6 +39,7 @@ from crm_to_books.ledger import AlreadySucceeded, Busy, Claim, Completion, Ledge
 from crm_to_books.limiter import Denied, Permit, RateLimiter, next_utc_midnight
 from crm_to_books.models import ImportError_, ImportRecord, ImportRequest, Status
 from crm_to_books.observability import logger, metrics, tracer
+from crm_to_books.ports import Holder
 from crm_to_books.settings import Organization, Settings
 from crm_to_books.tokens import TokenProvider, TokenUnavailable
 from crm_to_books.topology import (
@@ -151,10 +152,17 @@ class Attempt:
         self._sleep = sleep
 
     def run(
-        self, request: ImportRequest, *, last_delivery: bool = False, sync: bool = False
+        self,
+        request: ImportRequest,
+        *,
+        last_delivery: bool = False,
+        sync: bool = False,
+        holder: Holder | None = None,
     ) -> ImportOutcome:
         """Import now. `last_delivery`: the queue dead-letters the message if this fails.
-        `sync`: a synchronous caller, whom no queue message stands behind."""
+        `sync`: a synchronous caller, whom no queue message stands behind (a retry is queued
+        for it). `holder`: the message the request came in, asked to hold a retry before the
+        record says when it is."""
         s = self.settings
         entity = get_entity(request.kind)
         org = s.organization(request.organization_id)
@@ -166,6 +174,8 @@ class Attempt:
         if isinstance(state, Busy):
             if sync:
                 return self._wait_for_other(request, state)
+            if holder is not None:
+                holder.hold(state.retry_after, fresh=True)
             return ImportOutcome(
                 request, state.record, "retry_later", retry_after=state.retry_after, deferred=True
             )
@@ -201,16 +211,9 @@ class Attempt:
                 rate_limited=True,
                 recorded=False,
             )
-        queued = False
-        if done.status is Status.RETRYING and not done.parked:
-            if sync:
-                queued = self._queue_or_park(run, done)
-            elif last_delivery and not rate_limited and not deferred:
-                done.in_dlq = True
-                done.detail = (done.detail or "") + (
-                    " This was the queue's last delivery: the message goes to the dead-letter "
-                    "queue (`crm-to-books redrive` sends it back)."
-                )
+        queued = self._leave_an_owner(
+            run, done, sync, holder, last_delivery, fresh=rate_limited or deferred
+        )
         record = self._complete(run, done, permit)
         self._count(record)
         if record.status in (Status.SUCCEEDED, Status.FAILED):
@@ -661,6 +664,43 @@ class Attempt:
             return False
         return True
 
+    def _leave_an_owner(
+        self,
+        run: _Run,
+        done: Completion,
+        sync: bool,
+        holder: Holder | None,
+        last_delivery: bool,
+        fresh: bool,
+    ) -> bool:
+        """Before the record says when the import comes back, make sure something brings it
+        back then: a park (the re-drive job), a message this attempt queues for a synchronous
+        caller, or the message it came in. True when a message was queued."""
+        if done.status is not Status.RETRYING or done.parked:
+            return False
+        if sync:
+            return self._queue_or_park(run, done)
+        if holder is not None:
+            self._hold(holder, done, fresh)
+        if last_delivery and not fresh:
+            done.in_dlq = True
+            done.detail = (done.detail or "") + (
+                " This was the queue's last delivery: the message goes to the dead-letter "
+                "queue (`crm-to-books redrive` sends it back)."
+            )
+        return False
+
+    def _hold(self, holder: Holder, done: Completion, fresh: bool) -> None:
+        """The message holds the retry; if it cannot be told when, it comes back when its
+        visibility ends, and the record says that time instead."""
+        now = self._clock()
+        wait = max((done.next_attempt_at or now) - now, 0.0)
+        if not holder.hold(wait, fresh):
+            done.next_attempt_at = now + max(wait, holder.fallback_seconds)
+            done.detail = (done.detail or "") + (
+                f" (The queue brings it back in {math.ceil(holder.fallback_seconds)} s.)"
+            )
+
     def _complete(self, run: _Run, done: Completion, permit: Permit | None) -> ImportRecord:
         if done.status is Status.RETRYING:
             done.retries = done.retries or run.claim.retries
@@ -671,8 +711,10 @@ class Attempt:
         return self.ledger.complete(run.claim, done, permit)
 
     def _finish_after_fault(self, run: _Run) -> None:
-        """Unexpected: leave a record that says what is known. If the import left, it may have
-        happened: the look-up duty comes with it."""
+        """Unexpected (DynamoDB or SQS failing past their retries, a bug): leave a record that
+        says what is known, parked, so the re-drive job owns it whoever called (a synchronous
+        caller's answer is an error, and no message may stand behind it). If the import left,
+        it may have happened: the look-up duty comes with it."""
         if run.sent_at is not None:
             run.needs_lookup = True
             run.lookup_after = max(
@@ -685,8 +727,10 @@ class Attempt:
                 Completion(
                     Status.RETRYING,
                     next_attempt_at=at,
+                    parked=True,
                     retries=run.claim.retries + 1,
-                    detail="The attempt failed unexpectedly." + self._owed(run),
+                    detail="The attempt failed unexpectedly; it is tried again after "
+                    f"{math.ceil(at - self._clock())} s." + self._owed(run),
                 ),
                 None,
             )

@@ -7,6 +7,8 @@
   running out of time: sent again as a fresh message (delayed by `retry_after`) and the
   original deleted, so waiting never counts towards the queue's `maxReceiveCount` and the DLQ
   only ever holds imports that really failed again and again;
+- either way the engine asks the message to hold the retry (`MessageHolder`) before it
+  writes the record, so the record's next attempt is one a message keeps;
 - poison (can never succeed): recorded as failed where it names a ledger key, and deleted,
   so it neither blocks the batch nor loops until the DLQ.
 """
@@ -33,7 +35,11 @@ from crm_to_books import triggers
 from crm_to_books.errors import InvalidRequest, UnknownOrganization
 from crm_to_books.observability import logger, metrics
 from crm_to_books.ports import ImporterLike
-from crm_to_books.topology import FUNCTION_TIMEOUT_SECONDS, MAX_RECEIVE_COUNT
+from crm_to_books.topology import (
+    FUNCTION_TIMEOUT_SECONDS,
+    MAX_RECEIVE_COUNT,
+    QUEUE_VISIBILITY_TIMEOUT_SECONDS,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -77,8 +83,10 @@ def _record_handler(
 
     def handle(record: SQSRecord) -> str:
         logger.set_correlation_id(record.message_id)
+        message = MessageHolder(sqs, record)
         if context is not None and context.get_remaining_time_in_millis() < budget_ms:
-            _requeue(sqs, record, 0)  # not started: another invocation takes it at once
+            if not message.hold(0, fresh=True):  # not started: another invocation takes it
+                raise RetryLater("requeue failed")
             return "requeued"
         try:
             request = triggers.from_sqs_record(record.raw_event, kind)
@@ -87,7 +95,7 @@ def _record_handler(
             _reject(importer, record, kind, exc.message)
             return "poison"
         logger.set_correlation_id(request.correlation_id)
-        outcome = importer.run(request, last_delivery=_last_delivery(record, sqs))
+        outcome = importer.run(request, last_delivery=_last_delivery(record, sqs), holder=message)
         log = {"kind": request.kind, "crm_id": request.crm_id, "result": outcome.result}
         if outcome.result != "retry_later":
             logger.info("import done", extra=log)
@@ -95,15 +103,13 @@ def _record_handler(
         if outcome.parked:  # the re-drive job owns it now; the message is done
             logger.info("import parked", extra=log)
             return "parked"
-        if outcome.rate_limited or outcome.deferred:
-            delay = _visibility(outcome.retry_after)
-            _requeue(sqs, record, min(delay, SQS_MAX_DELAY_SECONDS))
-            logger.info("import requeued", extra={**log, "retry_after": delay})
+        if message.requeued:  # a fresh copy holds it: this one is deleted
+            logger.info("import requeued", extra={**log, "retry_after": outcome.retry_after})
             return "requeued"
-        delay = _visibility(outcome.retry_after)
-        _delay(sqs, record, delay)
-        logger.info("import deferred", extra={**log, "retry_after": delay})
-        raise RetryLater(f"retry after {delay} s")
+        # This message holds it: back when its visibility (set before the record was written,
+        # or the queue's own timeout if that failed) ends.
+        logger.info("import deferred", extra={**log, "retry_after": outcome.retry_after})
+        raise RetryLater(f"retry after {outcome.retry_after} s")
 
     return handle
 
@@ -156,33 +162,50 @@ def _visibility(retry_after: float | None) -> int:
     return max(0, min(seconds, MAX_VISIBILITY_SECONDS))
 
 
-def _delay(sqs: SQSClient, record: SQSRecord, seconds: int) -> None:
-    try:
-        sqs.change_message_visibility(
-            QueueUrl=triggers.queue_url(record.event_source_arn, sqs.meta.endpoint_url),
-            ReceiptHandle=record.receipt_handle,
-            VisibilityTimeout=seconds,
-        )
-    except (BotoCoreError, ClientError):
-        # Still reported as failed: the message returns after the queue's own timeout.
-        logger.warning("could not delay the message", exc_info=True)
+class MessageHolder:
+    """The SQS message an import came in: how it holds a retry (`ports.Holder`). Called by the
+    engine before it writes the record, so the record never promises a time no message keeps.
+    - `fresh`: waits of the service's own (rate limits, the settle time, another attempt's
+      lease) go into a new message, delayed, so they never count towards `maxReceiveCount`;
+    - else this message comes back when its visibility ends (a receive it spent: failures).
+    """
 
+    def __init__(self, sqs: SQSClient, record: SQSRecord) -> None:
+        self._sqs = sqs
+        self._record = record
+        self.requeued = False
 
-def _requeue(sqs: SQSClient, record: SQSRecord, delay: int) -> None:
-    """The same request as a new message (receive count 0); the original is then deleted.
-    If the send fails the record is reported failed and comes back on its own."""
-    attributes: dict[str, Any] = {
-        name: {"DataType": value.get("dataType", "String"), "StringValue": value["stringValue"]}
-        for name, value in (record.raw_event.get("messageAttributes") or {}).items()
-        if value.get("stringValue") is not None
-    }
-    try:
-        sqs.send_message(
-            QueueUrl=triggers.queue_url(record.event_source_arn, sqs.meta.endpoint_url),
-            MessageBody=record.body,
-            DelaySeconds=max(0, min(delay, SQS_MAX_DELAY_SECONDS)),
-            MessageAttributes=attributes,
-        )
-    except (BotoCoreError, ClientError) as exc:
-        logger.warning("could not requeue the message", exc_info=True)
-        raise RetryLater("requeue failed") from exc
+    @property
+    def fallback_seconds(self) -> float:
+        """When the message comes back if `hold` fails: its queue's visibility timeout."""
+        return float(QUEUE_VISIBILITY_TIMEOUT_SECONDS)
+
+    def hold(self, seconds: float, fresh: bool) -> bool:
+        wait = _visibility(seconds)
+        record = self._record
+        url = triggers.queue_url(record.event_source_arn, self._sqs.meta.endpoint_url)
+        try:
+            if fresh:
+                attributes: dict[str, Any] = {
+                    name: {
+                        "DataType": value.get("dataType", "String"),
+                        "StringValue": value["stringValue"],
+                    }
+                    for name, value in (record.raw_event.get("messageAttributes") or {}).items()
+                    if value.get("stringValue") is not None
+                }
+                self._sqs.send_message(
+                    QueueUrl=url,
+                    MessageBody=record.body,
+                    DelaySeconds=max(0, min(wait, SQS_MAX_DELAY_SECONDS)),
+                    MessageAttributes=attributes,
+                )
+                self.requeued = True
+            else:
+                self._sqs.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=record.receipt_handle, VisibilityTimeout=wait
+                )
+        except (BotoCoreError, ClientError):
+            logger.warning("could not hold the message for the retry", exc_info=True)
+            return False
+        return True

@@ -12,7 +12,7 @@ from typing import Any
 
 from crm_to_books.errors import ConfigurationError
 from crm_to_books.ledger import Ledger
-from crm_to_books.models import ImportRecord, ImportRequest
+from crm_to_books.models import ImportRecord, ImportRequest, Status
 from crm_to_books.settings import Settings
 
 SQS_MAX_DELAY_SECONDS = 900
@@ -33,13 +33,19 @@ class Intake:
         return self._sqs
 
     def accept(self, request: ImportRequest) -> ImportRecord:
-        """Async HTTP: the record becomes `queued` and a message is sent, unless it succeeded
-        (answered from the ledger) or an attempt holds it now (that attempt owns it)."""
-        self.settings.organization(request.organization_id)
-        record, take = self.ledger.mark_queued(request)
-        if take:
-            self.enqueue(request)
-        return record
+        """Async HTTP: a message is sent, then the record becomes `queued`, unless it succeeded
+        (answered from the ledger) or an attempt holds it (that attempt, or the re-drive job if
+        it died, owns it). The message comes first, so a `queued` record always has one; the
+        record changes only if nothing else wrote it since it was read (else the newer state
+        stands, and the message is a twin the ledger answers)."""
+        org, kind, crm_id = request.key
+        self.settings.organization(org)
+        seen = self.ledger.get(org, kind, crm_id)
+        if seen is not None and seen.status in (Status.SUCCEEDED, Status.IN_PROGRESS):
+            return seen
+        self.enqueue(request)
+        marked = self.ledger.mark_queued(request, seen)
+        return marked or self.ledger.get(org, kind, crm_id) or seen  # type: ignore[return-value]
 
     def enqueue(self, request: ImportRequest, delay_seconds: float = 0) -> None:
         url = self.settings.queue_urls.get(request.kind)

@@ -385,10 +385,20 @@ class Ledger:
                 pass  # its lease runs out and it counts as a call that finished then
 
     # --- other writers ----------------------------------------------------------------------
-    def mark_queued(self, request: ImportRequest) -> tuple[ImportRecord, bool]:
-        """Accept an async request: `queued` unless it succeeded or is being imported now.
-        Returns the record and whether the caller should enqueue it."""
+    def mark_queued(self, request: ImportRequest, seen: ImportRecord | None) -> ImportRecord | None:
+        """An async request whose message was just sent: the record becomes `queued` (not
+        parked: the message owns it now), if it is still as `seen` (None: absent). None when
+        something wrote it meanwhile."""
         org, kind, crm_id = request.key
+        if seen is None:
+            condition, values = "attribute_not_exists(pk)", {}
+        else:
+            condition = "updated_at = :seen AND #status IN (:failed, :retrying, :s)"
+            values = {
+                ":seen": seen.updated_at,
+                ":failed": Status.FAILED.value,
+                ":retrying": Status.RETRYING.value,
+            }
         try:
             answer = self._set_status(
                 org,
@@ -396,25 +406,23 @@ class Ledger:
                 crm_id,
                 Status.QUEUED,
                 request.source,
-                condition="attribute_not_exists(pk) OR #status IN (:failed, :retrying, :s)",
+                condition=condition,
                 more=", correlation_ids = list_append(if_not_exists(correlation_ids, :none), :cid)",
                 values={
                     ":none": [],
                     ":cid": [request.correlation_id] if request.correlation_id else [],
-                    ":failed": Status.FAILED.value,
-                    ":retrying": Status.RETRYING.value,
+                    **values,
                 },
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if not dynamo.condition_failed(exc):
                 raise
-            return to_record(dynamo.old_item(exc) or {}), False
+            return None
         item = dynamo.load(answer["Attributes"]) or {}
         ids = list(item.get("correlation_ids") or [])
         if len(ids) > KEEP_CORRELATION_IDS:
             self._trim_appended(org, kind, crm_id, ids)
-        return to_record(item), True
+        return to_record(item)
 
     def _trim_appended(self, org: str, kind: str, crm_id: str, seen: list[str]) -> None:
         """Keep the newest ids of a list others may append to: only if it is still the list

@@ -22,6 +22,7 @@ from crm_to_books.keeper import TokenKeeper
 from crm_to_books.ledger import Ledger
 from crm_to_books.limiter import RateLimiter
 from crm_to_books.models import ImportRecord, ImportRequest
+from crm_to_books.ports import Holder
 from crm_to_books.redrive import Redrive
 from crm_to_books.settings import Settings, get_settings
 from crm_to_books.tokens import TokenProvider
@@ -75,9 +76,14 @@ class Importer:
         self.keeper = TokenKeeper(s, self.tokens)
 
     def run(
-        self, request: ImportRequest, *, last_delivery: bool = False, sync: bool = False
+        self,
+        request: ImportRequest,
+        *,
+        last_delivery: bool = False,
+        sync: bool = False,
+        holder: Holder | None = None,
     ) -> ImportOutcome:
-        return self.attempt.run(request, last_delivery=last_delivery, sync=sync)
+        return self.attempt.run(request, last_delivery=last_delivery, sync=sync, holder=holder)
 
     def accept(self, request: ImportRequest) -> ImportRecord:
         return self.intake.accept(request)

@@ -40,6 +40,18 @@ class OutcomeLike(Protocol):
     def deferred(self) -> bool: ...  # a wait of the service's own, not a failure
 
 
+class Holder(Protocol):
+    """What holds a retry of an import: the SQS message it came in (`batch.MessageHolder`)."""
+
+    @property
+    def fallback_seconds(self) -> float: ...  # when it comes back if `hold` fails
+
+    def hold(self, seconds: float, fresh: bool) -> bool:
+        """Bring the import back in `seconds`; `fresh`: as a new message (a wait, not a
+        failure: no receive spent). False if it could not be arranged."""
+        ...
+
+
 class LedgerLike(Protocol):
     def get(self, organization_id: str, kind: str, crm_id: str) -> ImportRecord | None: ...
 
@@ -60,7 +72,12 @@ class ImporterLike(Protocol):
     def ledger(self) -> LedgerLike: ...
 
     def run(
-        self, request: ImportRequest, *, last_delivery: bool = False, sync: bool = False
+        self,
+        request: ImportRequest,
+        *,
+        last_delivery: bool = False,
+        sync: bool = False,
+        holder: Holder | None = None,
     ) -> OutcomeLike: ...
     def accept(self, request: ImportRequest) -> ImportRecord: ...
     def enqueue(self, request: ImportRequest, delay_seconds: float = 0) -> object: ...
