@@ -10,13 +10,14 @@ from typing import Any
 import boto3
 import pytest
 
+from crm_to_books.attempt import BROKEN_RECHECK_SECONDS
 from crm_to_books.models import ImportRequest
 from crm_to_books.pipeline import Importer
 from crm_to_books.settings import Settings
 from crm_to_books_cli.sandbox import ZohoSandbox
 from functions.redrive import handler as redrive_fn
 from functions.token_keeper import handler as token_fn
-from tests.functional.conftest import ORG
+from tests.functional.conftest import ORG, put_connection
 from tests.support.lambda_events import LambdaContext, emitted_metrics, load
 
 SCHEDULE = load("schedule_event")
@@ -102,21 +103,28 @@ def test_a_re_drive_that_cannot_send_leaves_the_import_parked_for_the_next_run(
     assert again.redrive_due() == 1
 
 
-def test_giving_back_a_record_an_import_has_since_finished_leaves_it_finished(
+def test_a_re_drive_leaves_a_record_its_message_already_ran_as_that_import_left_it(
     settings: Settings, sandbox: ZohoSandbox
 ) -> None:
-    # Given a record the re-drive job took, imported meanwhile by another request
+    # Given a parked record the re-drive job read and sent, whose message an import ran at once
     importer = Importer(settings)
-    done = importer.run(
-        ImportRequest(kind="account", organization_id=ORG, crm_id=sandbox.crm_ids["account"][0])
+    key = ("account", sandbox.crm_ids["account"][0])
+    sandbox.revoke_refresh_token()
+    parked = importer.run(ImportRequest(kind=key[0], organization_id=ORG, crm_id=key[1]))
+    assert parked.parked
+    refresh, _ = importer.zoho.exchange_grant_code(
+        sandbox.url, sandbox.client_id, sandbox.client_secret, sandbox.issue_grant_code()
     )
+    put_connection(sandbox, refresh)  # the operator connected again
+    later = Importer(settings, clock=lambda: time.time() + BROKEN_RECHECK_SECONDS + 1)
+    done = later.run(ImportRequest(kind=key[0], organization_id=ORG, crm_id=key[1]))
     assert done.result == "imported"
 
-    # When the job, its send having failed, gives it back
-    assert importer.ledger.repark(done.record, taken=done.record.updated_at or "") is False
+    # When the job then takes the record it read before
+    assert importer.ledger.unpark(parked.record) is False
 
     # Then it stays succeeded and unparked
-    record = importer.ledger.get(ORG, "account", sandbox.crm_ids["account"][0])
+    record = importer.ledger.get(ORG, *key)
     assert record and record.status.value == "succeeded" and not record.parked
 
 

@@ -109,6 +109,7 @@ class World:
     answers: list[Answer] = field(default_factory=list)
     containers: dict[str, Importer] = field(default_factory=dict)
     faulty_ddb: bool = True
+    journal: list[tuple[Any, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.zoho = ModelZoho(
@@ -125,12 +126,18 @@ class World:
         self.ddb = boto3.client("dynamodb", region_name="us-east-1")
         for name, spec in NAMES.tables.items():
             self.ddb.create_table(**spec.create_table_request(name))
+        self.ddb.meta.events.register("before-parameter-build.dynamodb", self._keep_params)
         self.ddb.meta.events.register("before-call.dynamodb", self._before_ddb)
         self.ddb.meta.events.register("after-call.dynamodb", self._after_ddb)
         self.events = _Events()
 
     # -- steps the engine takes outside itself ------------------------------------------------
-    def _before_ddb(self, model: Any, params: Any, **_: Any) -> Any:
+    @staticmethod
+    def _keep_params(params: Any, context: Any = None, **_: Any) -> None:
+        if context is not None:
+            context["model_params"] = dict(params)
+
+    def _before_ddb(self, model: Any, **_: Any) -> Any:
         choice = self.scheduler.checkpoint(f"dynamodb {model.name}")
         if not self.faulty_ddb:
             return None
@@ -140,8 +147,40 @@ class World:
             return _ddb_error("TransactionCanceledException", model.name, conflict=True)
         return None
 
-    def _after_ddb(self, model: Any, **_: Any) -> None:
+    def _after_ddb(
+        self, model: Any, context: Any = None, http_response: Any = None, **_: Any
+    ) -> None:
+        params = (context or {}).get("model_params") or {}
+        self._journal(model.name, params, getattr(http_response, "status_code", 0))
         self.scheduler.checkpoint(f"dynamodb {model.name} answered")
+
+    def _journal(self, operation: str, params: dict[str, Any], status: int) -> None:
+        """Who wrote which ledger record, and how (for a failure's explanation)."""
+        if operation in {"GetItem", "Query", "Scan", "BatchGetItem"} or status != 200:
+            return
+        task = self.scheduler.current()
+        writes = (
+            [params]
+            if operation != "TransactWriteItems"
+            else [next(iter(item.values())) for item in params.get("TransactItems", [])]
+        )
+        for write in writes:
+            if write.get("TableName") != self.settings.ledger_table:
+                continue
+            key = write.get("Key") or {
+                k: v for k, v in write.get("Item", {}).items() if k in ("pk", "sk")
+            }
+            values = write.get("ExpressionAttributeValues") or {}
+            said = {k: v for k, v in values.items() if k in (":status", ":s", ":parked", ":to")}
+            self.journal.append(
+                (
+                    round(self.clock.now - START, 1),
+                    task.name if task else "test",
+                    operation,
+                    key.get("sk", {}).get("S"),
+                    str(said)[:160],
+                )
+            )
 
     def sleep(self, seconds: float) -> None:
         self.scheduler.checkpoint("sleep")
@@ -255,7 +294,9 @@ class World:
             if message.id not in failed:  # Lambda deletes what the batch did not report
                 self.queues.delete(kind, message)
 
-        return self.scheduler.start(name, started, work, key=message.key())
+        task = self.scheduler.start(name, started, work, key=message.key())
+        message.task = task
+        return task
 
     def invoke_job(self, name: str, job: str) -> Task:
         importer = self.container(name)

@@ -83,6 +83,7 @@ class Scheduler:
         self._cv = threading.Condition()
         self._local = threading.local()
         self.tasks: dict[str, Task] = {}
+        self.history: list[Task] = []
 
     def current(self) -> Task | None:
         return getattr(self._local, "task", None)
@@ -128,6 +129,7 @@ class Scheduler:
                     self._cv.notify_all()
 
         self.tasks[name] = task
+        self.history.append(task)
         task.thread = threading.Thread(target=run, name=f"model-{name}", daemon=True)
         with self._cv:
             task.thread.start()
@@ -513,8 +515,9 @@ class Message:
     visible_at: float
     receive_count: int = 0
     receipt: str = ""
-    holder: str | None = None  # the invocation that received it last
+    holder: str | None = None  # the container that received it last
     received_at: float | None = None
+    task: Task | None = None  # the invocation that received it last
 
     def key(self) -> Key:
         body = json.loads(self.body)
@@ -533,6 +536,7 @@ class ModelQueues:
         self.max_receives = max_receives
         self.queues: dict[str, list[Message]] = {}
         self.dlq: dict[str, list[Message]] = {}
+        self.log: list[tuple[float, str, str, str]] = []  # (time, what, message id, by)
         self._ids = itertools.count(1)
 
     def url(self, kind: str) -> str:
@@ -569,9 +573,11 @@ class ModelQueues:
             message.receipt = f"r-{next(self._ids)}"
             message.holder = holder
             message.received_at = self.clock.now
+            self.log.append((self.clock.now, "received", message.id, holder))
             return message
 
     def delete(self, kind: str, message: Message) -> None:
+        self.log.append((self.clock.now, "deleted", message.id, message.holder or ""))
         self.queues[kind] = [m for m in self.queues.get(kind, []) if m is not message]
 
     def redrive_dlq(self) -> None:
@@ -606,6 +612,10 @@ class ModelSqs:
             visible_at=self._q.clock.now + int(request.get("DelaySeconds", 0)),
         )
         self._q.queues.setdefault(kind, []).append(message)
+        task = self._q.scheduler.current()
+        self._q.log.append(
+            (self._q.clock.now, f"sent {message.body}", message.id, task.name if task else "")
+        )
         return {"MessageId": message.id}
 
     def change_message_visibility(self, **request: Any) -> dict[str, Any]:
@@ -617,6 +627,14 @@ class ModelSqs:
         for message in self._q.queues.get(kind, []):
             if message.receipt == request["ReceiptHandle"]:
                 message.visible_at = self._q.clock.now + int(request["VisibilityTimeout"])
+                self._q.log.append(
+                    (
+                        self._q.clock.now,
+                        f"visible in {request['VisibilityTimeout']}",
+                        message.id,
+                        message.holder or "",
+                    )
+                )
         return {}
 
     def get_queue_attributes(self, **request: Any) -> dict[str, Any]:

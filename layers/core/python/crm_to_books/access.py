@@ -91,7 +91,7 @@ CALLS: dict[str, tuple[Calls, ...]] = {
             "ledger.Ledger",
             Resource.LEDGER,
             ("dynamodb:Query", "dynamodb:UpdateItem"),
-            methods=("due", "abandoned", "unpark", "repark"),
+            methods=("due", "abandoned", "unpark"),
         ),
         # Has a connection's cause gone (repaired, scope granted)? The state alone: no secret.
         Calls("tokens.TokenProvider", Resource.STATE, ("dynamodb:GetItem",), methods=("state",)),

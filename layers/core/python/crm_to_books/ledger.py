@@ -512,40 +512,23 @@ class Ledger:
             )
         )
 
-    def unpark(self, record: ImportRecord) -> str | None:
-        """Take a parked record for re-enqueueing: the `updated_at` it wrote, or None if someone
-        else took it first (or an import finished it meanwhile)."""
-        now = iso(self._clock())
-        return now if self._set_parked(record, False, "parked = :t", {":t": True}, now) else None
-
-    def repark(self, record: ImportRecord, taken: str) -> bool:
-        """Give back a record `unpark` took (`taken`: what it returned) whose message could not
-        be sent, so the next re-drive run finds it again, unless anything wrote it since."""
-        condition = "parked = :f AND updated_at = :taken"
-        return self._set_parked(record, True, condition, {":f": False, ":taken": taken})
-
-    def _set_parked(
-        self,
-        record: ImportRecord,
-        parked: bool,
-        condition: str,
-        values: dict[str, Any],
-        now: str | None = None,
-    ) -> bool:
+    def unpark(self, record: ImportRecord) -> bool:
+        """A parked record whose message the re-drive job has just sent: the message owns it
+        now. Only if it is still as `record` (the message may already have run)."""
         try:
             self.client.update_item(
                 TableName=self._table,
                 Key=dynamo.dump(_key(record.organization_id, record.kind, record.crm_id)),
-                UpdateExpression="SET parked = :to, updated_at = :now",
-                # Only a record still waiting: one an import has since finished stays as it is.
-                ConditionExpression=f"{condition} AND #status = :retrying",
+                UpdateExpression="SET parked = :f, updated_at = :now",
+                ConditionExpression="parked = :t AND updated_at = :seen AND #status = :retrying",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=dynamo.dump_values(
                     {
-                        **values,
-                        ":to": parked,
+                        ":f": False,
+                        ":t": True,
+                        ":seen": record.updated_at,
                         ":retrying": Status.RETRYING.value,
-                        ":now": now or iso(self._clock()),
+                        ":now": iso(self._clock()),
                     }
                 ),
             )

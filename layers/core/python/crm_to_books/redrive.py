@@ -11,8 +11,10 @@ Each run sends again, through the kind's queue:
   dead-lettered a day past their next attempt, and `queued` ones a day old. A message still
   waiting in a backlog that long gets a twin; the ledger answers the second without calling
   Zoho.
-It takes a parked record (`unpark`, a conditional write, so two runs never both send it),
-sends its message, and parks it again if the send fails (then the job fails, for its alarm).
+It sends a parked record's message first, then unparks the record, only if nothing wrote it
+since it was read (the message may already have run): at every moment the record has an
+owner, the park or the message. A send that fails leaves it parked for the next run (and the
+job fails, for its alarm). Two runs at once may both send: the ledger answers the twin.
 """
 
 from __future__ import annotations
@@ -66,9 +68,6 @@ class Redrive:
                 if record.kind not in self.settings.queue_urls:
                     logger.warning("no queue for a re-drive", extra={"kind": record.kind})
                     continue
-                taken = self.ledger.unpark(record) if record.parked else None
-                if record.parked and taken is None:
-                    continue  # another run took it, or an import finished it
                 try:
                     self.intake.enqueue(
                         ImportRequest(
@@ -84,9 +83,9 @@ class Redrive:
                         "re-drive could not enqueue an import",
                         extra={"kind": record.kind, "crm_id": record.crm_id},
                     )
-                    if taken is not None:
-                        self._repark(record, taken)
-                    continue
+                    continue  # still parked (or stranded): the next run tries again
+                if record.parked:
+                    self.ledger.unpark(record)  # the message owns it now
                 sent += 1
         if failures:
             raise RuntimeError(
@@ -107,13 +106,6 @@ class Redrive:
                 state.missing(scope, now) for scope in (entity.scope, entity.read_scope)
             )
         return False
-
-    def _repark(self, record: ImportRecord, taken: str) -> None:
-        """Best effort: should this fail too, the record is found as stranded a day later."""
-        try:
-            self.ledger.repark(record, taken)
-        except Exception:
-            logger.exception("re-drive could not park an import again", extra={"kind": record.kind})
 
     def _state(self, connection: str) -> ConnectionState | None:
         try:
