@@ -24,7 +24,7 @@ NO_UV := uv not found and pip could not install it: see https://docs.astral.sh/u
 API_PORT ?= 3000
 AWS_PORT ?= 4566
 
-.PHONY: dev test lint typecheck unit e2e bench synth install clean sandbox
+.PHONY: dev test lint typecheck unit e2e model bench synth install clean sandbox
 
 .venv/.installed: pyproject.toml uv.lock .python-version
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet --target .build/uv uv \
@@ -59,6 +59,14 @@ unit: install
 
 e2e: install
 	$(RUN) pytest tests/e2e
+
+# The model-based test of the engine, longer than in `make test` and with a fresh seed each run
+# (MODEL_SEED=N repeats one). MODEL_EXAMPLES and MODEL_STEPS size it.
+model: install
+	@seed=$${MODEL_SEED:-$$RANDOM}; echo "model seed $$seed (MODEL_SEED=$$seed repeats this run)"; \
+	MODEL_SEED=$$seed MODEL_EXAMPLES=$${MODEL_EXAMPLES:-400} MODEL_STEPS=$${MODEL_STEPS:-100} \
+	$(RUN) pytest tests/model -p no:cacheprovider --hypothesis-seed=$$seed \
+	--hypothesis-show-statistics -q
 
 bench: install  # all benchmarks, or some: make bench BENCH="cold_start tokens"
 	$(RUN) python -m bench $(BENCH)
