@@ -19,17 +19,20 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from crm_to_books import dynamo
+from crm_to_books import batch, dynamo
+from crm_to_books.ledger import epoch
 from crm_to_books.models import ImportRequest, Status
 from crm_to_books.pipeline import Importer
 from crm_to_books.settings import Settings
 from crm_to_books.tokens import ZOHO_TOKEN_WINDOW
+from crm_to_books.topology import QUEUE_VISIBILITY_TIMEOUT_SECONDS
 from crm_to_books_cli.sandbox import ZohoSandbox
 from crm_to_books_cli.sandbox.testing import wait_until
 from functions.importer import handler as importer_fn
 from tests.functional.conftest import NAMES, ORG, OffsetClock, past_settle, put_connection
 from tests.functional.test_engine_outcomes import imports_of, records_of, request
-from tests.support.lambda_events import LambdaContext, api_event
+from tests.support.fake_importer import FakeSqs
+from tests.support.lambda_events import LambdaContext, api_event, sqs_record
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
 
@@ -445,3 +448,118 @@ def test_a_crm_id_with_leading_zeros_is_the_same_ledger_record(
 
     records, _ = importer.ledger.list(ORG, kind="contact")
     assert [r.crm_id for r in records] == ["42"]
+
+
+# --- found by the model-based test (tests/model), shrunk to scenarios -------------------------
+class _Died(BaseException):
+    """The container stops here: no `except Exception` runs, nothing after it happens."""
+
+
+def test_a_sync_import_that_fails_unexpectedly_is_parked_for_the_redrive_job(
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    aws_world: dict[str, Any],
+) -> None:
+    # Given DynamoDB refusing the rate limiter past botocore's own retries
+    importer = new_importer(import_kind="item")
+    crm_id = sandbox.crm_ids["item"][0]
+
+    def throttled(*_: Any, **__: Any) -> Any:
+        raise ClientError(
+            {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}},
+            "PutItem",
+        )
+
+    importer.limiter.acquire = throttled  # type: ignore[method-assign]
+
+    # When a synchronous caller asks, and is answered 500
+    assert post(importer, "item", crm_id)["statusCode"] == 500
+
+    # Then the record has an owner: parked, with its time, for the re-drive job
+    record = new_importer().ledger.get(ORG, "item", crm_id)
+    assert record and record.status is Status.RETRYING and record.parked
+    assert record.next_attempt_at and queue_depth("item", aws_world) == 0
+    clock.advance(61)
+    assert new_importer().redrive_due() == 1
+    assert queue_depth("item", aws_world) == 1
+
+
+@pytest.mark.parametrize("dies_in", ["enqueue", "unpark"])
+def test_a_redrive_job_that_dies_mid_record_leaves_it_owned(
+    dies_in: str,
+    sandbox: ZohoSandbox,
+    new_importer: Callable[..., Importer],
+    clock: OffsetClock,
+    aws_world: dict[str, Any],
+) -> None:
+    # Given an import parked on a broken connection, due
+    sandbox.revoke_refresh_token()
+    crm_id = sandbox.crm_ids["contact"][0]
+    assert new_importer().run(request("contact", crm_id)).parked
+    clock.advance(301)
+    job = new_importer()
+
+    def dies(*_: Any, **__: Any) -> Any:
+        raise _Died
+
+    if dies_in == "enqueue":
+        job.intake.enqueue = dies  # type: ignore[method-assign]
+    else:
+        job.ledger.unpark = dies  # type: ignore[method-assign]
+
+    # When the re-drive job dies while sending its message, or right after
+    with pytest.raises(_Died):
+        job.redrive_due()
+
+    # Then the record is still parked (the next run sends it), or its message holds it
+    record = new_importer().ledger.get(ORG, "contact", crm_id)
+    assert record and record.status is Status.RETRYING
+    assert record.parked or queue_depth("contact", aws_world) == 1
+    if dies_in == "unpark":
+        assert record.parked and queue_depth("contact", aws_world) == 1  # owned twice: fine
+
+
+def test_401s_after_the_refresh_token_is_revoked_park_on_the_connection_not_a_scope(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+) -> None:
+    # Given a connection with a live access token, whose refresh token is then revoked
+    assert new_importer().run(request("account", sandbox.crm_ids["account"][0])).result == (
+        "imported"
+    )
+    sandbox.revoke_refresh_token()  # its access tokens die with it
+
+    # When imports meet 401s, one after the other
+    outcomes = [
+        new_importer().run(request("account", crm_id)) for crm_id in sandbox.crm_ids["account"][1:]
+    ]
+
+    # Then they park on the broken connection: no scope is blamed
+    for outcome in outcomes:
+        assert outcome.parked and outcome.record.last_error
+        assert outcome.record.last_error.category == "connection_broken"
+
+
+def test_a_message_that_cannot_be_told_when_makes_the_record_say_when_it_comes_back(
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer], clock: OffsetClock
+) -> None:
+    # Given Zoho down for an import that came by SQS, and SQS refusing the visibility change
+    sandbox.set_faults(reset_before_next=1, scope="imports")
+    crm_id = sandbox.crm_ids["vendor"][1]
+    importer = new_importer(import_kind="vendor")
+    record = sqs_record({"organization_id": ORG, "crm_id": crm_id}, kind="vendor")
+    failing = FakeSqs(fail=True)
+
+    answer = batch.process_batch(
+        {"Records": [record]},
+        None,
+        importer=importer,
+        kind="vendor",
+        sqs=failing,  # type: ignore[arg-type]
+    )
+
+    # Then the message comes back when its visibility ends, and the record says that, not 5 s
+    assert answer == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    kept = importer.ledger.get(ORG, "vendor", crm_id)
+    assert kept and kept.next_attempt_at
+    assert epoch(kept.next_attempt_at) - clock() >= QUEUE_VISIBILITY_TIMEOUT_SECONDS - 5

@@ -376,8 +376,8 @@ TestEngineModel = EngineModel.TestCase
 # A failure's shrinking may take minutes; each step has its own deadlock guard (world.py).
 TestEngineModel = pytest.mark.timeout(1800)(TestEngineModel)
 TestEngineModel.settings = settings(
-    max_examples=int(os.environ.get("MODEL_EXAMPLES", "25")),
-    stateful_step_count=int(os.environ.get("MODEL_STEPS", "60")),
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", "40")),
+    stateful_step_count=int(os.environ.get("MODEL_STEPS", "80")),
     deadline=None,
     suppress_health_check=list(HealthCheck),
     derandomize=os.environ.get("MODEL_SEED") is None,
