@@ -199,10 +199,9 @@ class World:
     def container(self, name: str) -> Importer:
         """A warm container, or a cold one if it never ran or its last invocation died."""
         if name not in self.containers:
-            skew = self.skews.get(name, 0.0)
 
-            def clock() -> float:
-                return self.clock.now + skew
+            def clock() -> float:  # this container's clock, as skewed as it is now
+                return self.clock.now + self.skews.get(name, 0.0)
 
             s = self.settings
             zoho = ZohoClient(
