@@ -22,9 +22,17 @@ os.environ.update(
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 
+pytest_plugins = ["tests.support.iam"]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """End-to-end tests run last, so their session-wide local stacks (in-process emulator,
     SQS pollers) start after, and stop right after, everything else: nothing of theirs runs
-    alongside a functional test's in-process moto."""
-    items.sort(key=lambda item: "/tests/e2e/" in str(item.path))
+    alongside a functional test's in-process moto. After them, the check of what every suite
+    exercised of each function's role (tests/test_iam_exercised.py)."""
+    items.sort(
+        key=lambda item: (
+            item.path.name == "test_iam_exercised.py",
+            "/tests/e2e/" in str(item.path),
+        )
+    )

@@ -18,10 +18,23 @@ import pytest
 from crm_to_books_cli.local import LocalStack
 from crm_to_books_cli.local.stack import REPO_ROOT
 from crm_to_books_cli.sandbox import SandboxConfig, ZohoSandbox
-from tests.e2e.helpers import MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT, FakeSandbox, Logs
+from crm_to_books_cli.sandbox.config import DEFAULT_ORGANIZATIONS, Organization
+from tests.e2e.helpers import (
+    MAX_RECEIVE_COUNT,
+    THROTTLED_ORG,
+    VISIBILITY_TIMEOUT,
+    FakeSandbox,
+    Logs,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LAYER = REPO_ROOT / "layers" / "core" / "python"
+THROTTLED = Organization(
+    organization_id=THROTTLED_ORG,
+    name="Sandbox Throttled (one call a minute)",
+    sync_modes=("accounts_and_contacts", "vendors", "products"),
+    requests_per_minute=1,
+)
 
 
 def _assert_no_container_left(stack: LocalStack, pids: list[int]) -> None:
@@ -49,6 +62,7 @@ def fake_stack(fake_stack_logs: Logs) -> Iterator[LocalStack]:
         batching_window=1.0,
         schedule_seconds={"token-keeper": 1.0},  # redrive keeps its 5 minutes: fired by hand
         log_sink=fake_stack_logs,
+        iam_record=False,  # what fake functions call is not what the service's roles need
     )
     with stack:
         yield stack
@@ -81,7 +95,12 @@ def local_stack(local_stack_logs: Logs) -> Iterator[LocalStack]:
         },
         log_sink=local_stack_logs,
         # The tests import any id they make up: every well-formed id is a CRM record.
-        sandbox=ZohoSandbox(port=0, config=SandboxConfig(auto_create_crm_records=True)),
+        sandbox=ZohoSandbox(
+            port=0,
+            config=SandboxConfig(
+                auto_create_crm_records=True, organizations=(*DEFAULT_ORGANIZATIONS, THROTTLED)
+            ),
+        ),
     )
     with stack:
         yield stack

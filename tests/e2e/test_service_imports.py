@@ -13,7 +13,7 @@ import requests
 
 from crm_to_books.entities import ENTITIES, KINDS
 from crm_to_books_cli.local import LocalStack
-from tests.e2e.helpers import wait_until
+from tests.e2e.helpers import THROTTLED_ORG, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 TIMEOUT = 30
@@ -105,6 +105,35 @@ def test_http_sync_import_answers_the_books_id_and_the_record(
     assert again.status_code == 200
     assert again.json()["data"][books_key] == books_id
     assert_imported_once(local_stack, organization_id, kind, crm_id)
+
+
+def sync_import_told_to_retry(stack: LocalStack) -> tuple[requests.Response, str]:
+    """A synchronous import of a new record, once Zoho's minute is spent for its organization
+    (one call a minute): the answer and the record's CRM id. The attempt's new ledger record is
+    abandoned (`Ledger.abandon`: a DeleteItem, in the transaction that releases the permit)."""
+
+    def post(crm_id: str) -> requests.Response:
+        url = f"{stack.api_url}/v1/crm/account/{crm_id}/import"
+        return requests.post(url, params={"organization_id": THROTTLED_ORG}, timeout=TIMEOUT)
+
+    crm_id = new_id()
+    answer = post(crm_id)
+    if answer.status_code == 200:  # the minute was not spent yet: now it is
+        crm_id = new_id()
+        answer = post(crm_id)
+    return answer, crm_id
+
+
+def test_a_sync_import_rate_limited_on_a_new_record_answers_429_and_keeps_no_record(
+    local_stack: LocalStack,
+) -> None:
+    answer, crm_id = sync_import_told_to_retry(local_stack)
+
+    assert answer.status_code == 429, answer.text
+    assert int(answer.headers["Retry-After"]) >= 1
+    assert answer.json()["code"] == 1429 and "import" not in answer.json()
+    # The caller retries: nothing of the attempt stays behind
+    assert record(local_stack, "account", crm_id, THROTTLED_ORG) is None
 
 
 def test_http_async_imports_are_queued_then_succeed(local_stack: LocalStack) -> None:

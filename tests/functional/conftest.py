@@ -17,13 +17,40 @@ from crm_to_books import topology as t
 from crm_to_books.entities import KINDS
 from crm_to_books.pipeline import Importer
 from crm_to_books.settings import Organization, Settings
+from crm_to_books_cli.iam.synth import local_config
 from crm_to_books_cli.local.emulator import forget_library_clients
 from crm_to_books_cli.sandbox import SandboxConfig, ZohoSandbox
+from tests.support import iam as iam_support
 
 NAMES = t.Names()
 ORG = "700100200"  # the sandbox's organization with every sync mode
 ACCOUNTS_ONLY_ORG = "700100201"
 WINDOW = 2.0  # a compressed "minute", for the limiter and the sandbox alike
+
+
+# The stack these tests stand for: its default prefix, the sandbox's organizations on the
+# connection `default` (what `settings` below configures).
+IAM = iam_support.in_process(
+    local_config(
+        NAMES.prefix,
+        {o.organization_id: Organization().model_dump() for o in SandboxConfig().organizations},
+        ["default"],
+    )
+)
+
+
+@pytest.fixture(autouse=True)
+def iam(request: pytest.FixtureRequest) -> Iterator[iam_support.InProcess]:
+    """Each AWS call the engine makes is checked against the role of the function it plays
+    (tests/support/iam.py): `@pytest.mark.iam(plays=...)` names it; `iam.off()` lets a test's
+    own set-up through engine code pass."""
+    marker = request.node.get_closest_marker("iam")
+    options = dict(marker.kwargs) if marker else {}
+    IAM.revoked = iam_support.revocations(request.config)
+    enforce = options.get("enforce", True) and not request.config.getoption("--no-iam")
+    plays = options.get("plays", iam_support.IMPORTER)
+    with IAM.enforcing(plays, enforce, options.get("record", True)):
+        yield IAM
 
 
 def create_tables(client: Any) -> None:

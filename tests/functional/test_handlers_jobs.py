@@ -18,6 +18,7 @@ from crm_to_books_cli.sandbox import ZohoSandbox
 from functions.redrive import handler as redrive_fn
 from functions.token_keeper import handler as token_fn
 from tests.functional.conftest import ORG, put_connection
+from tests.support.iam import InProcess
 from tests.support.lambda_events import LambdaContext, emitted_metrics, load
 
 SCHEDULE = load("schedule_event")
@@ -78,7 +79,11 @@ def test_the_redrive_job_re_enqueues_imports_parked_until_now(
 
 
 def test_a_re_drive_that_cannot_send_leaves_the_import_parked_for_the_next_run(
-    settings: Settings, sandbox: ZohoSandbox, aws_world: dict[str, Any], monkeypatch: Any
+    settings: Settings,
+    sandbox: ZohoSandbox,
+    aws_world: dict[str, Any],
+    monkeypatch: Any,
+    iam: InProcess,
 ) -> None:
     # Given an import parked because the connection broke, now due
     sandbox.revoke_refresh_token()
@@ -93,18 +98,19 @@ def test_a_re_drive_that_cannot_send_leaves_the_import_parked_for_the_next_run(
         raise RuntimeError("SQS is down")
 
     monkeypatch.setattr(later.intake, "enqueue", refused)
-    with pytest.raises(RuntimeError, match="1 re-driven import"):
+    with iam.playing("redrive"), pytest.raises(RuntimeError, match="1 re-driven import"):
         later.redrive_due()
 
     # Then the record is still parked, and the next run sends it
     record = later.ledger.get(ORG, "contact", "9002")
     assert record and record.parked and record.status.value == "retrying"
     again = Importer(settings, clock=lambda: time.time() + parked.retry_after + 1)
-    assert again.redrive_due() == 1
+    with iam.playing("redrive"):
+        assert again.redrive_due() == 1
 
 
 def test_a_re_drive_leaves_a_record_its_message_already_ran_as_that_import_left_it(
-    settings: Settings, sandbox: ZohoSandbox
+    settings: Settings, sandbox: ZohoSandbox, iam: InProcess
 ) -> None:
     # Given a parked record the re-drive job read and sent, whose message an import ran at once
     importer = Importer(settings)
@@ -121,7 +127,8 @@ def test_a_re_drive_leaves_a_record_its_message_already_ran_as_that_import_left_
     assert done.result == "imported"
 
     # When the job then takes the record it read before
-    assert importer.ledger.unpark(parked.record) is False
+    with iam.playing("redrive"):
+        assert importer.ledger.unpark(parked.record) is False
 
     # Then it stays succeeded and unparked
     record = importer.ledger.get(ORG, *key)

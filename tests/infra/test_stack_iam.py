@@ -16,16 +16,6 @@ from tests.infra.policy import Env, Request, Resolved, allows, granted
 from tests.support import engine_calls
 
 SPECS = pytest.mark.parametrize("spec", topology.ALL_FUNCTIONS, ids=lambda s: s.name)
-XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
-LOG_WRITES = {"logs:CreateLogStream", "logs:PutLogEvents"}
-# What Lambda's poller needs on the queue (AWS), plus the two CDK's consume grant adds.
-EVENT_SOURCE = {
-    "sqs:ReceiveMessage",
-    "sqs:DeleteMessage",
-    "sqs:GetQueueAttributes",
-    "sqs:ChangeMessageVisibility",
-    "sqs:GetQueueUrl",
-}
 ALL_CALLS = [c for calls in access.CALLS.values() for c in calls]
 
 
@@ -74,15 +64,25 @@ def needed(synth: Any, resolved: Resolved, spec: FunctionSpec) -> set[tuple[str,
 
 
 def lambdas_own(synth: Any, resolved: Resolved, spec: FunctionSpec) -> set[tuple[str, str]]:
-    """What Lambda itself does with the function's role: logs, traces, its queue's events."""
+    """What Lambda itself does with the function's role (`access.for_lambda`): logs, traces,
+    its queue's events."""
     function_id, props = synth.function(spec)
-    log_group = resolved.attr(props["LoggingConfig"]["LogGroup"]["Ref"], "Arn")
-    own = {(a, log_group) for a in LOG_WRITES} | {(a, "*") for a in XRAY}
-    for mapping in synth.of_type("AWS::Lambda::EventSourceMapping").values():
-        if mapping["FunctionName"] == {"Ref": function_id}:
-            queue = resolved.resolve(mapping["EventSourceArn"])
-            own |= {(a, queue) for a in EVENT_SOURCE}
-    return own
+    sources = [
+        resolved.resolve(mapping["EventSourceArn"])
+        for mapping in synth.of_type("AWS::Lambda::EventSourceMapping").values()
+        if mapping["FunctionName"] == {"Ref": function_id}
+    ]
+    arns = {
+        access.LOG_GROUP: [resolved.attr(props["LoggingConfig"]["LogGroup"]["Ref"], "Arn")],
+        access.ANY: ["*"],
+        Resource.OWN_QUEUE: sources,
+    }
+    return {
+        (action, arn)
+        for grant in access.for_lambda(spec)
+        for action in grant.actions
+        for arn in arns[grant.resource]
+    }
 
 
 def _role(synth: Any, spec: FunctionSpec) -> str:
@@ -147,7 +147,8 @@ def test_no_wildcard_actions_and_star_resources_only_for_xray(synth, spec) -> No
         actions = synth.as_list(statement["Action"])
         assert not any("*" in action for action in actions), statement
         if statement["Resource"] == "*":
-            assert set(actions) <= XRAY, statement
+            (xray,) = [g for g in access.FOR_LAMBDA if g.resource == access.ANY]
+            assert set(actions) <= set(xray.actions), statement
 
 
 @pytest.mark.parametrize("spec", topology.IMPORT_FUNCTIONS, ids=lambda s: s.name)

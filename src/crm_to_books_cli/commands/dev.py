@@ -48,12 +48,19 @@ def register(subparsers: Any) -> None:
         default=[],
         help="an extra layer folder on every function's path (repeatable)",
     )
+    parser.add_argument(
+        "--no-iam",
+        dest="iam",
+        action="store_false",
+        help="do not check the functions' AWS calls against their roles (needed only where the "
+        "CDK app cannot be synthesized)",
+    )
     parser.set_defaults(func=run)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """LocalStack's arguments from flags, then the environment, then defaults."""
-    options: dict[str, Any] = {"prefix": args.prefix}
+    options: dict[str, Any] = {"prefix": args.prefix, "iam": args.iam}
     for dest, (env, default) in ENV_PORTS.items():
         value = getattr(args, dest)
         if value is None:
@@ -77,6 +84,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="[local] %(message)s", stream=sys.stdout)
+    from crm_to_books_cli.iam.synth import SynthesisFailed
     from crm_to_books_cli.local.emulator import PortInUse
     from crm_to_books_cli.local.stack import REPO_ROOT, LocalStack
     from crm_to_books_cli.local.zoho import ZohoAccount
@@ -97,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         stack.start()
     except PortInUse as exc:
         print(f"crm-to-books dev: {exc}", file=sys.stderr)
+        return 1
+    except SynthesisFailed as exc:
+        print(f"crm-to-books dev: {exc}\n(--no-iam starts without the roles)", file=sys.stderr)
         return 1
     try:
         print(banner(stack), flush=True)
@@ -124,12 +135,18 @@ def banner(stack: Any) -> str:
     queues = "\n".join(f"    {kind:<{width}}  {url}" for kind, url in stack.queue_urls.items())
     message = json.dumps({"organization_id": org, "crm_id": ids[-1]}, separators=(",", ":"))
     api, aws = stack.api_url, stack.aws_endpoint
+    iam = (
+        "each function's role from the synthesized template, checked on every AWS call"
+        if stack.iam is not None
+        else "off (--no-iam): any call is allowed"
+    )
     return f"""
 crm-to-books local stack (prefix {stack.names.prefix})
   HTTP API      {api}  (API Gateway REST proxy events, stage {topology.API_STAGE})
   AWS emulator  {aws}  (moto; region us-east-1, any credentials)
   Zoho          {zoho.accounts_url}  ({which}; organizations {orgs})
   functions     {stack.functions_root}  (containers start on first use)
+  IAM           {iam}
   schedules     {every}
   queues        (each with its DLQ, the same URL ending in -dlq)
 {queues}

@@ -6,6 +6,10 @@ It imports the handler (`_HANDLER`: `module.function`) once, the init phase, the
 invocations one at a time over the socket FD: one JSON line in (`request_id`, `deadline_ms`,
 `event`), one JSON line out (`result`, or `error` shaped like Lambda's error payload).
 stdout and stderr are the function's log.
+
+With `LOCAL_IAM_ROLE_FILE` set, before the handler is imported, every AWS call the function
+makes is checked against its role (`crm_to_books_cli.iam.enforce`), the one import from outside
+the function's own path: Lambda's runtime, not the function, is where IAM sits.
 """
 
 from __future__ import annotations
@@ -65,15 +69,27 @@ def main(fd: int) -> int:
     def send(message: dict[str, Any]) -> None:
         channel.sendall(json.dumps(message).encode() + b"\n")
 
+    def failed(init_error: dict[str, Any]) -> int:
+        _log_error(init_error)
+        send({"init_error": init_error})
+        return 1
+
+    if os.environ.get("LOCAL_IAM_ROLE_FILE"):
+        try:
+            from crm_to_books_cli.iam.enforce import install_from_env
+
+            install_from_env()
+        except Exception as exc:
+            init_error = _error(exc, "Local.IamRoleError")
+            init_error["errorMessage"] = f"Unable to enforce the function's role: {exc}"
+            return failed(init_error)
     module_name, _, function_name = os.environ["_HANDLER"].rpartition(".")
     try:
         handler = getattr(importlib.import_module(module_name), function_name)
     except Exception as exc:
         init_error = _error(exc, "Runtime.ImportModuleError")
         init_error["errorMessage"] = f"Unable to import module '{module_name}': {exc}"
-        _log_error(init_error)
-        send({"init_error": init_error})
-        return 1
+        return failed(init_error)
     send({"ready": True})
 
     for line in reader:

@@ -6,6 +6,8 @@ Idempotent: provisioning again (same process, same prefix) updates what exists.
 from __future__ import annotations
 
 import json
+import secrets as secrets_module
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +78,25 @@ def _bus(events: Any, names: topology.Names, queue_arns: dict[str, str]) -> str:
             Rule=rule, EventBusName=names.event_bus, Targets=[{"Id": "queue", "Arn": queue_arn}]
         )
     return arn
+
+
+# What the stack's connection secrets hold until `crm-to-books connect` fills them
+# (infra/constructs/connections.py).
+PLACEHOLDER = dict.fromkeys(("client_id", "client_secret", "refresh_token", "accounts_url"), "")
+
+
+def connection_secrets(emulator: Emulator, secret_ids: Iterable[str]) -> dict[str, str]:
+    """Every connection's secret, as the stack creates them (with placeholders where none
+    exists yet): their ARNs by name, with the random suffix Secrets Manager gave them."""
+    secrets = emulator.client("secretsmanager")
+    arns = {}
+    for secret_id in sorted(set(secret_ids)):
+        try:
+            arns[secret_id] = secrets.describe_secret(SecretId=secret_id)["ARN"]
+        except secrets.exceptions.ResourceNotFoundException:
+            body = json.dumps({**PLACEHOLDER, "placeholder": secrets_module.token_hex(16)})
+            arns[secret_id] = secrets.create_secret(Name=secret_id, SecretString=body)["ARN"]
+    return arns
 
 
 def store_connection_secret(emulator: Emulator, secret_id: str, value: dict[str, str]) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from crm_to_books import topology
 from crm_to_books.settings import Organization, Settings
@@ -29,7 +29,13 @@ from crm_to_books_cli.local.emulator import (
     Emulator,
     check_port_free,
 )
-from crm_to_books_cli.local.provision import Resources, provision, store_connection_secret
+from crm_to_books_cli.local.iam import LocalIam
+from crm_to_books_cli.local.provision import (
+    Resources,
+    connection_secrets,
+    provision,
+    store_connection_secret,
+)
 from crm_to_books_cli.local.runtime import FunctionConfig, Invocation, LogSink, Runtime
 from crm_to_books_cli.local.schedules import Schedule, Scheduler
 from crm_to_books_cli.local.sqs_source import SqsEventSource
@@ -76,11 +82,15 @@ class LocalStack:
         settings: Mapping[str, Any] | None = None,
         environment: Mapping[str, str] | None = None,
         log_sink: LogSink | None = None,
+        iam: bool = True,
+        iam_record: Path | Literal[False] | None = None,
     ) -> None:
         """`zoho`: a real (or Zoho-compatible) account; else `sandbox` (not started), else a
         default `ZohoSandbox` on a free port. `schedule_seconds` overrides a schedule's period
         by function name ("token-keeper", "redrive"); `settings` overrides `Settings` fields;
-        `environment` adds variables to every container."""
+        `environment` adds variables to every container. `iam`: each function's calls are
+        checked against its role from the synthesized template (`local/iam.py`); `iam_record`:
+        where to append the calls made (default: `CRM_TO_BOOKS_IAM_RECORD`; False: nowhere)."""
         self.names = topology.Names(prefix)
         self.host = host
         self.emulator = Emulator(host, aws_port)
@@ -97,6 +107,8 @@ class LocalStack:
         self._settings_overrides = dict(settings or {})
         self._environment = dict(environment or {})
         self._log_sink = log_sink or print_line
+        self._enforce_iam, self._iam_record = iam, iam_record
+        self.iam: LocalIam | None = None
         self._started: list[Any] = []  # what stop() stops, in reverse
         self.resources: Resources | None = None
         self.settings: Settings | None = None
@@ -122,6 +134,11 @@ class LocalStack:
         return self
 
     def _start(self) -> None:
+        self.zoho = self._zoho()
+        organizations, connections = self._accounts()
+        if self._enforce_iam:  # its synthesis (if not cached) runs while the emulator starts
+            self.iam = LocalIam(self.names, organizations, list(connections), self._iam_record)
+            self._started.append(self.iam)
         self.emulator.start()
         self._started.append(self.emulator)
         self.resources = provision(
@@ -130,7 +147,7 @@ class LocalStack:
             visibility_timeout=self.visibility_timeout,
             max_receive_count=self.max_receive_count,
         )
-        self.zoho = self._zoho()
+        secret_arns = connection_secrets(self.emulator, connections.values())
         secret_id = self.names.connection_secret(CONNECTION)
         store_connection_secret(self.emulator, secret_id, self.zoho.secret())
         self.settings = Settings.model_validate(
@@ -138,14 +155,14 @@ class LocalStack:
                 "ledger_table": self.names.ledger_table,
                 "state_table": self.names.state_table,
                 "event_bus_name": self.names.event_bus,
-                "organizations": {
-                    org: Organization(connection=CONNECTION) for org in self.zoho.organizations
-                },
-                "connections": {CONNECTION: secret_id},
                 "queue_urls": self.resources.queue_urls,
                 **self._settings_overrides,
+                "organizations": organizations,
+                "connections": connections,
             }
         )
+        if self.iam is not None:
+            self.iam.start(secret_arns)
         self.runtime = Runtime(
             [self._function_config(spec) for spec in topology.ALL_FUNCTIONS], self._log_sink
         )
@@ -160,9 +177,12 @@ class LocalStack:
         )
         self.api.start()
         self._started.append(self.api)
-        sqs = self.emulator.client("sqs", max_pool_connections=50)
         for spec in topology.IMPORT_FUNCTIONS:
             assert spec.kind is not None
+            # Lambda's poller reads the queue with the function's role.
+            sqs = self.emulator.client("sqs", max_pool_connections=2 * self.queue_concurrency + 2)
+            if self.iam is not None:
+                self.iam.attach(sqs, self.names.function(spec))
             source = SqsEventSource(
                 sqs,
                 self.resources.queue_urls[spec.kind],
@@ -190,6 +210,23 @@ class LocalStack:
         )
         self.scheduler.start()
         self._started.append(self.scheduler)
+
+    def _accounts(self) -> tuple[dict[str, Organization], dict[str, str]]:
+        """The organizations and connections (name -> secret id) the functions are given:
+        the Zoho account's organizations on one connection, unless `settings` says otherwise."""
+        assert self.zoho is not None
+        overrides = self._settings_overrides
+        organizations = {
+            org: Organization.model_validate(value)
+            for org, value in overrides.get(
+                "organizations",
+                {org: Organization(connection=CONNECTION) for org in self.zoho.organizations},
+            ).items()
+        }
+        connections = dict(
+            overrides.get("connections", {CONNECTION: self.names.connection_secret(CONNECTION)})
+        )
+        return organizations, connections
 
     def _zoho(self) -> ZohoAccount:
         if self.zoho is not None:
@@ -305,6 +342,7 @@ class LocalStack:
             "POWERTOOLS_SERVICE_NAME": topology.SERVICE_NAME,
             "POWERTOOLS_METRICS_NAMESPACE": topology.METRICS_NAMESPACE,
             "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon here
+            **(self.iam.environment(name) if self.iam is not None else {}),
             **self._environment,
         }
         return FunctionConfig(

@@ -1,9 +1,12 @@
 """The AWS calls each function's code makes, by resource: what its IAM role must allow.
 
-One list, kept beside the code that makes the calls. The stack grants exactly these (plus what
-Lambda itself needs: its log group, X-Ray, the event source's reads); `tests/infra` reads the
-library's code to find the calls it really makes, and checks them against both this list and the
-synthesized template, so a call added without its grant fails a test, not a customer.
+One list, kept beside the code that makes the calls. The stack grants exactly these, plus what
+Lambda itself does with the role (`FOR_LAMBDA`: its log group, X-Ray, the event source's reads);
+`tests/infra` reads the library's code to find the calls it really makes, and checks them
+against both this list and the synthesized template, so a call added without its grant fails a
+test, not a customer. The local stack enforces each role on every call, and
+`tests/test_iam_exercised.py` checks that the test suites exercised every grant, or that
+`FOR_LAMBDA` says why no local test can.
 
 A transaction (`TransactWriteItems`) needs the action of each item it holds (`Update` needs
 `dynamodb:UpdateItem`, `Delete` needs `dynamodb:DeleteItem`, ...) on each item's table.
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from crm_to_books.topology import FunctionSpec
 
 
 class Resource(StrEnum):
@@ -98,6 +103,59 @@ CALLS: dict[str, tuple[Calls, ...]] = {
         Calls(_ENQUEUE, Resource.KIND_QUEUES, ("sqs:SendMessage",)),
     ),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class ForLambda:
+    """What the stack grants a function's role for Lambda itself, not for the function's code:
+    `actions` on `resource` (`LOG_GROUP`, `ANY`, or the function's own queue). `not_local`: those
+    no local test can exercise, and why (the local stack has no such service)."""
+
+    actions: tuple[str, ...]
+    resource: str
+    why: str
+    not_local: tuple[tuple[str, str], ...] = ()
+
+
+LOG_GROUP = "log_group"  # the function's own log group
+ANY = "*"
+_NO_LOGS = "the local stack prints a container's output; it has no CloudWatch Logs"
+_NO_XRAY = "the local stack has no X-Ray: tracing is off in its containers"
+
+# Every function.
+FOR_LAMBDA = (
+    ForLambda(
+        ("logs:CreateLogStream", "logs:PutLogEvents"),
+        LOG_GROUP,
+        "Lambda writes the function's output to its log group",
+        (("logs:CreateLogStream", _NO_LOGS), ("logs:PutLogEvents", _NO_LOGS)),
+    ),
+    ForLambda(
+        ("xray:PutTelemetryRecords", "xray:PutTraceSegments"),
+        ANY,  # X-Ray has no resource-level permissions
+        "active tracing: Lambda and the function's tracer send its segments",
+        (("xray:PutTelemetryRecords", _NO_XRAY), ("xray:PutTraceSegments", _NO_XRAY)),
+    ),
+)
+# An import function's queue: Lambda's event source polls it with the function's role (the
+# local stack's poller does too). CDK's SqsEventSource grants what consuming a queue takes.
+EVENT_SOURCE = ForLambda(
+    (
+        "sqs:ChangeMessageVisibility",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sqs:ReceiveMessage",
+    ),
+    Resource.OWN_QUEUE,
+    "Lambda's SQS poller receives and deletes the function's batches with its role",
+    (("sqs:GetQueueUrl", "part of CDK's consume grant: the poller knows the queue by its ARN"),),
+)
+
+
+def for_lambda(spec: FunctionSpec) -> tuple[ForLambda, ...]:
+    """What Lambda does with a function's role (an import function's queue triggers it)."""
+    return (*FOR_LAMBDA, EVENT_SOURCE) if spec.kind else FOR_LAMBDA
 
 
 def actions_by_resource(handler_dir: str) -> dict[Resource, tuple[str, ...]]:
