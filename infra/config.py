@@ -13,9 +13,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crm_to_books.entities import KINDS
-from crm_to_books.settings import Organization, Settings
+from crm_to_books.settings import Organization, Settings, Sync
 from crm_to_books.topology import (
     DEFAULT_PREFIX,
+    HOOK_THROTTLING_BURST_LIMIT,
+    HOOK_THROTTLING_RATE_LIMIT,
     IMPORT_FUNCTIONS,
     QUEUE_CONCURRENCY_MAXIMUM,
     QUEUE_CONCURRENCY_MINIMUM,
@@ -105,6 +107,31 @@ class ScheduleConfig(_Model):
         return value
 
 
+class SyncConfig(Sync):
+    """A scheduled CRM sweep of one (organization, kind): `Sync` plus when it runs."""
+
+    schedule: str = Field(description="rate(...) or cron(...), as EventBridge Scheduler")
+
+    @field_validator("schedule")
+    @classmethod
+    def _scheduler_syntax(cls, value: str) -> str:
+        if not _SCHEDULE_EXPRESSION.match(value) or value.startswith("at("):
+            raise ValueError(
+                f"{value!r} is not a repeating schedule: use rate(15 minutes) or cron(0 * * * ? *)"
+            )
+        return value
+
+    def settings(self) -> Sync:
+        return Sync.model_validate(self.model_dump(exclude={"schedule"}))
+
+
+class HooksConfig(_Model):
+    """`POST /v1/hooks/zoho-crm` (Zoho CRM notifications): its own stage throttling."""
+
+    throttling_rate_limit: float = Field(default=HOOK_THROTTLING_RATE_LIMIT, gt=0, le=10_000)
+    throttling_burst_limit: int = Field(default=HOOK_THROTTLING_BURST_LIMIT, ge=1, le=5_000)
+
+
 class ServiceConfig(_Model):
     stage: str = Field(pattern=r"^[a-z][a-z0-9]{0,11}$", description="e.g. dev, prod")
     prefix: str = Field(
@@ -114,7 +141,9 @@ class ServiceConfig(_Model):
     organizations: dict[str, Organization] = Field(min_length=1)
     connections: tuple[str, ...] = Field(min_length=1, description="Zoho connection names")
     schedules: tuple[ScheduleConfig, ...] = ()
+    syncs: tuple[SyncConfig, ...] = ()
     api: ApiConfig = ApiConfig()
+    hooks: HooksConfig = HooksConfig()
     alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     log_retention_days: int = 30
     ledger_stream: bool = Field(default=False, description="a DynamoDB stream on the ledger")
@@ -176,6 +205,19 @@ class ServiceConfig(_Model):
             if schedule.name in seen:
                 problems.append(f"schedules.{i}.name: {schedule.name!r} is used twice")
             seen.add(schedule.name)
+        swept: set[tuple[str, str]] = set()
+        for i, sync in enumerate(self.syncs):
+            if sync.organization_id not in self.organizations:
+                problems.append(
+                    f"syncs.{i}.organization_id: {sync.organization_id!r} is not one of the "
+                    "configured organizations"
+                )
+            if (sync.organization_id, sync.kind) in swept:
+                problems.append(
+                    f"syncs.{i}: {sync.kind} of {sync.organization_id} is swept twice (one "
+                    "sync per organization and kind: they would share a checkpoint)"
+                )
+            swept.add((sync.organization_id, sync.kind))
         size = 0 if problems else self.environment_size()
         if size > LAMBDA_ENVIRONMENT_LIMIT:
             problems.append(
@@ -195,6 +237,8 @@ class ServiceConfig(_Model):
             organizations=self.organizations,
             connections={name: "x" * 64 for name in self.connections},
             queue_urls={kind: "x" * 128 for kind in KINDS},
+            syncs=tuple(sync.settings() for sync in self.syncs),
+            channel_secret_prefix="x" * 64,
         )
         env = {**settings.to_env(), **IMPORT_FUNCTIONS[0].environment, "POWERTOOLS_X": "x" * 256}
         return sum(len(k) + len(v) for k, v in env.items())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import ArnFormat, CfnOutput, Stack, Tags
 from constructs import Construct
 
 from crm_to_books import topology
@@ -25,6 +25,7 @@ from infra.constructs.lambda_defaults import (
     retention,
 )
 from infra.constructs.layer import CoreLayer
+from infra.constructs.nag import acknowledge, as_nag_sees_it
 from infra.constructs.observability import Observability
 from infra.constructs.scheduling import Scheduling
 from infra.constructs.storage import Storage
@@ -55,7 +56,14 @@ class CrmToBooksStack(Stack):
         observability = Observability(
             self, "Observability", prefix=config.prefix, alarm_email=config.alarm_email
         )
-        api = Api(self, "Api", names=names, config=config.api, log_retention=log_retention)
+        api = Api(
+            self,
+            "Api",
+            names=names,
+            config=config.api,
+            hooks=config.hooks,
+            log_retention=log_retention,
+        )
         defaults = LambdaDefaults(
             names=names,
             layer=layer.layer,
@@ -111,8 +119,42 @@ class CrmToBooksStack(Stack):
             defaults=defaults,
             queue_urls={kind: queue.queue_url for kind, (queue, _) in queues.items()},
         )
-        for job in (status, token_keeper, redrive):
+        every_queue = {kind: queue.queue_url for kind, (queue, _) in queues.items()}
+        channel_secrets = self.format_arn(
+            service="secretsmanager",
+            resource="secret",
+            resource_name=f"{names.channel_secret_prefix}*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        arns[Resource.CHANNEL_SECRETS] = [channel_secrets]
+        crm = {"channel_secret_prefix": names.channel_secret_prefix}
+        sweep = ServiceFunction(
+            self,
+            "Sweep",
+            spec=topology.SWEEP,
+            defaults=defaults,
+            queue_urls=every_queue,
+            settings={**crm, "syncs": [sync.settings().model_dump() for sync in config.syncs]},
+        )
+        hooks = ServiceFunction(
+            self,
+            "CrmHooks",
+            spec=topology.CRM_HOOKS,
+            defaults=defaults,
+            queue_urls=every_queue,
+            settings=crm,
+        )
+        api.hook_route(hooks.function)
+        jobs = (status, token_keeper, redrive, sweep, hooks)
+        for job in jobs:
             grant_calls(job.role, job.spec, arns, storage.indexes)
+        for crm_job in (sweep, hooks):
+            acknowledge(
+                crm_job.role,
+                "Channel token secrets are created per channel at run time, named "
+                f"{names.channel_secret_prefix}<channel id>: the prefix is the narrowest ARN",
+                f"AwsSolutions-IAM5[Resource::{as_nag_sees_it(self, channel_secrets)}]",
+            )
 
         Scheduling(
             self,
@@ -121,14 +163,14 @@ class CrmToBooksStack(Stack):
             redrive=redrive.function,
             queues=queues,
             schedules=config.schedules,
+            sweep=sweep.function,
+            syncs=config.syncs,
         )
 
-        for job in (status, token_keeper, redrive):
+        for job in jobs:
             observability.watch_function(job.function, job.spec.name)
-        functions = {
-            f.spec.name: f.function
-            for f in (*(k.handler for k in kinds.values()), status, token_keeper, redrive)
-        }
+        observability.watch_crm()
+        functions = {f.spec.name: f.function for f in (*(k.handler for k in kinds.values()), *jobs)}
         observability.watch_api(api.rest_api)
         observability.dashboard(queues=queues, functions=functions, api=api.rest_api)
 

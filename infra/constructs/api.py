@@ -15,7 +15,7 @@ from constructs import Construct
 from crm_to_books import topology
 from crm_to_books.errors import InvalidRequest
 from crm_to_books.topology import Names
-from infra.config import ApiConfig
+from infra.config import ApiConfig, HooksConfig
 from infra.constructs.nag import acknowledge, as_nag_sees_it
 
 # What API Gateway's account-wide role needs to write logs (as AWS's managed policy
@@ -44,6 +44,7 @@ class Api(Construct):
         *,
         names: Names,
         config: ApiConfig,
+        hooks: HooksConfig,
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, id)
@@ -66,6 +67,14 @@ class Api(Construct):
                 tracing_enabled=True,
                 throttling_rate_limit=config.throttling_rate_limit,
                 throttling_burst_limit=config.throttling_burst_limit,
+                # The public hook route has its own, lower limits: a flood of forged
+                # notifications cannot take the signed callers' share.
+                method_options={
+                    f"{topology.HOOK_PATH}/POST": apigateway.MethodDeploymentOptions(
+                        throttling_rate_limit=hooks.throttling_rate_limit,
+                        throttling_burst_limit=hooks.throttling_burst_limit,
+                    )
+                },
                 data_trace_enabled=False,
                 access_log_destination=apigateway.LogGroupLogDestination(access_logs),
                 access_log_format=apigateway.AccessLogFormat.json_with_standard_fields(
@@ -88,17 +97,24 @@ class Api(Construct):
         self.validator = self.rest_api.add_request_validator(
             "Validator", validate_request_parameters=True, validate_request_body=True
         )
-        # Missing parameters answer in the service's own error shape.
-        self.rest_api.add_gateway_response(
-            "BadRequestParameters",
-            type=apigateway.ResponseType.BAD_REQUEST_PARAMETERS,
-            status_code="400",
-            templates={
-                "application/json": json.dumps(
-                    {"code": InvalidRequest.code, "message": "$context.error.validationErrorString"}
-                )
-            },
-        )
+        # Missing parameters, and a body its model refuses, answer in the service's own shape.
+        for response_id, response_type in (
+            ("BadRequestParameters", apigateway.ResponseType.BAD_REQUEST_PARAMETERS),
+            ("BadRequestBody", apigateway.ResponseType.BAD_REQUEST_BODY),
+        ):
+            self.rest_api.add_gateway_response(
+                response_id,
+                type=response_type,
+                status_code="400",
+                templates={
+                    "application/json": json.dumps(
+                        {
+                            "code": InvalidRequest.code,
+                            "message": "$context.error.validationErrorString",
+                        }
+                    )
+                },
+            )
         acknowledge(
             self.rest_api.deployment_stage,
             "IAM auth, stage throttling and request validation guard the API; a WAF web ACL "
@@ -192,4 +208,47 @@ class Api(Construct):
         if authorization == apigateway.AuthorizationType.NONE:
             rules.append("AwsSolutions-APIG4")
         acknowledge(added, reason, *rules)
+        return added
+
+    def hook_route(self, function: lambda_.IFunction) -> apigateway.Method:
+        """`POST /v1/hooks/zoho-crm`: Zoho CRM cannot sign a request or send an API key, so the
+        function verifies each notification's channel token; the stage throttles this route
+        on its own, and a model refuses bodies that are no notification."""
+        model = self.rest_api.add_model(
+            "CrmNotification",
+            content_type="application/json",
+            model_name="CrmNotification",
+            schema=apigateway.JsonSchema(
+                schema=apigateway.JsonSchemaVersion.DRAFT4,
+                type=apigateway.JsonSchemaType.OBJECT,
+                required=["ids"],
+                properties={
+                    "ids": apigateway.JsonSchema(
+                        type=apigateway.JsonSchemaType.ARRAY, max_items=topology.HOOK_MAX_IDS
+                    ),
+                    "module": apigateway.JsonSchema(
+                        type=apigateway.JsonSchemaType.STRING, max_length=100
+                    ),
+                    "operation": apigateway.JsonSchema(
+                        type=apigateway.JsonSchemaType.STRING, max_length=50
+                    ),
+                },
+            ),
+        )
+        resource = self.rest_api.root.resource_for_path(topology.HOOK_PATH)
+        added = resource.add_method(
+            "POST",
+            apigateway.LambdaIntegration(function, allow_test_invoke=False),
+            authorization_type=apigateway.AuthorizationType.NONE,
+            api_key_required=False,
+            request_models={"application/json": model},
+            request_validator=self.validator,
+        )
+        acknowledge(
+            added,
+            "Zoho CRM's notifications cannot be signed: each is verified by its channel's "
+            "token (constant-time compare) in the function; the route is throttled on its own",
+            "AwsSolutions-APIG4",
+            "AwsSolutions-COG4",
+        )
         return added

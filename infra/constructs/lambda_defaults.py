@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aws_cdk import AssetHashType, Duration
 from aws_cdk import aws_iam as iam
@@ -63,7 +64,10 @@ class ServiceFunction(Construct):
         spec: FunctionSpec,
         defaults: LambdaDefaults,
         queue_urls: Mapping[str, str] | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
+        """`queue_urls`: the kind queues the function sends to; `settings`: other `Settings`
+        fields of its own (e.g. the CRM syncs)."""
         super().__init__(scope, id)
         source = defaults.functions_root / spec.handler_dir
         if not (source / "handler.py").is_file():
@@ -86,8 +90,12 @@ class ServiceFunction(Construct):
             removal_policy=KEEP_NAMED,  # the logs of what happened outlive the stack
         )
         log_group.grant_write(self.role)
-        settings = Settings.model_validate(
-            {**defaults.settings.model_dump(), "queue_urls": dict(queue_urls or {})}
+        own = Settings.model_validate(
+            {
+                **defaults.settings.model_dump(),
+                "queue_urls": dict(queue_urls or {}),
+                **dict(settings or {}),
+            }
         )
         self.function = lambda_.Function(
             self,
@@ -110,7 +118,7 @@ class ServiceFunction(Construct):
             system_log_level_v2=lambda_.SystemLogLevel.WARN,
             tracing=lambda_.Tracing.ACTIVE,
             environment={
-                **settings.to_env(),
+                **own.to_env(),
                 **spec.environment,
                 "POWERTOOLS_SERVICE_NAME": topology.SERVICE_NAME,
                 "POWERTOOLS_METRICS_NAMESPACE": topology.METRICS_NAMESPACE,

@@ -20,6 +20,7 @@ from crm_to_books import topology
 
 RUNBOOK = "docs/operations.md"
 FIVE_MINUTES = Duration.minutes(5)
+HOOK_REFUSED_BURST = 20  # refused notifications in five minutes
 
 
 def service_metric(name: str, statistic: str = "Sum") -> cloudwatch.Metric:
@@ -108,6 +109,38 @@ class Observability(Construct):
         )
         alarm.add_alarm_action(self._action)
         return alarm
+
+    def watch_crm(self) -> list[cloudwatch.Alarm]:
+        """CRM sweeps, notification channels and the public hook route."""
+        return [
+            self.alarm(
+                "CrmSweepFailed",
+                service_metric(topology.METRIC_SWEEP_FAILED),
+                summary="A CRM sweep stopped on a problem (CRM refused or unavailable, a scope "
+                "missing, imports not queued)",
+                anchor="crm-sweep-failed",
+            ),
+            self.alarm(
+                "CrmChannelsLapsed",
+                service_metric(topology.METRIC_CHANNELS_LAPSED),
+                summary="A Zoho CRM notification channel had lapsed: enabled again, its gap swept",
+                anchor="crm-channel-lapsed",
+            ),
+            self.alarm(
+                "CrmChannelRenewFailed",
+                service_metric(topology.METRIC_CHANNEL_RENEW_FAILED),
+                summary="A Zoho CRM notification channel could not be renewed",
+                anchor="crm-channel-renew-failed",
+            ),
+            self.alarm(
+                "CrmHookRefused",
+                service_metric(topology.METRIC_HOOK_REFUSED),
+                summary="Many CRM notifications were refused (bad token, unknown channel, "
+                "malformed): a misconfigured channel or someone probing the public route",
+                anchor="crm-hook-refused",
+                threshold=HOOK_REFUSED_BURST,
+            ),
+        ]
 
     def watch_dlq(self, kind: str, dlq: sqs.IQueue) -> cloudwatch.Alarm:
         return self.alarm(

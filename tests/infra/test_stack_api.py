@@ -51,11 +51,15 @@ def test_every_route_reaches_its_function_and_nothing_else_is_exposed(synth):
         assert f'"{function_id}"' in str(integration["Uri"]).replace("'", '"')
 
 
-def test_every_method_requires_iam_auth_and_validates_parameters(synth):
+HOOK = ("POST", topology.HOOK_PATH)
+
+
+def test_every_method_but_the_hook_requires_iam_auth_and_validates_parameters(synth):
     (validator_id, validator), *_ = synth.of_type("AWS::ApiGateway::RequestValidator").items()
     assert validator["ValidateRequestParameters"] is True
     for (method, path), props in _methods(synth).items():
-        assert props["AuthorizationType"] == "AWS_IAM", (method, path)
+        expected = "NONE" if (method, path) == HOOK else "AWS_IAM"
+        assert props["AuthorizationType"] == expected, (method, path)
         assert props["ApiKeyRequired"] is False
         assert props["RequestValidatorId"] == {"Ref": validator_id}
 
@@ -69,10 +73,34 @@ def test_record_routes_require_the_organization(synth):
             assert required["method.request.path.crm_id"] is True, (method, path)
 
 
-def test_missing_parameters_answer_in_the_service_error_shape(synth):
-    (response,) = synth.of_type("AWS::ApiGateway::GatewayResponse").values()
-    assert response["ResponseType"] == "BAD_REQUEST_PARAMETERS"
-    assert f'"code": {InvalidRequest.code}' in response["ResponseTemplates"]["application/json"]
+def test_missing_parameters_and_refused_bodies_answer_in_the_service_error_shape(synth):
+    responses = synth.of_type("AWS::ApiGateway::GatewayResponse").values()
+    assert {r["ResponseType"] for r in responses} == {"BAD_REQUEST_PARAMETERS", "BAD_REQUEST_BODY"}
+    for response in responses:
+        template = response["ResponseTemplates"]["application/json"]
+        assert f'"code": {InvalidRequest.code}' in template
+
+
+def test_the_hook_route_is_public_throttled_on_its_own_and_validates_its_body(synth):
+    hook = _methods(synth)[HOOK]
+    assert hook["AuthorizationType"] == "NONE"
+    assert hook["ApiKeyRequired"] is False
+    (model_id,) = synth.of_type("AWS::ApiGateway::Model")
+    assert hook["RequestModels"] == {"application/json": {"Ref": model_id}}
+    schema = synth.resources[model_id]["Properties"]["Schema"]
+    assert schema["required"] == ["ids"]
+    assert schema["properties"]["ids"]["maxItems"] == topology.HOOK_MAX_IDS
+    (stage,) = synth.of_type("AWS::ApiGateway::Stage").values()
+    (settings,) = [
+        m for m in stage["MethodSettings"] if m["ResourcePath"] == "/~1v1~1hooks~1zoho-crm"
+    ]
+    assert settings["HttpMethod"] == "POST"
+    assert settings["ThrottlingRateLimit"] == topology.HOOK_THROTTLING_RATE_LIMIT
+    assert settings["ThrottlingBurstLimit"] == topology.HOOK_THROTTLING_BURST_LIMIT
+
+
+def test_api_key_mode_does_not_ask_zoho_for_a_key(api_key_synth):
+    assert _methods(api_key_synth)[HOOK]["ApiKeyRequired"] is False
 
 
 def test_stage_logs_access_traces_and_throttles(synth):
@@ -88,7 +116,7 @@ def test_stage_logs_access_traces_and_throttles(synth):
     ]
     assert log_group.startswith("ApiAccessLogs")
     assert "$context.status" in stage["AccessLogSetting"]["Format"]
-    (settings,) = stage["MethodSettings"]
+    (settings,) = [m for m in stage["MethodSettings"] if m["ResourcePath"] == "/*"]
     assert settings["ThrottlingRateLimit"] == 50
     assert settings["ThrottlingBurstLimit"] == 100
     assert settings["DataTraceEnabled"] is False  # bodies never reach the logs
@@ -98,7 +126,7 @@ def test_stage_logs_access_traces_and_throttles(synth):
 
 def test_api_key_mode_requires_a_key_except_on_public_paths(api_key_synth):
     for (method, path), props in _methods(api_key_synth).items():
-        public = path == "/v1/health"
+        public = path in ("/v1/health", topology.HOOK_PATH)
         assert props["AuthorizationType"] == "NONE"
         assert props["ApiKeyRequired"] is not public, (method, path)
     (api,) = api_key_synth.of_type("AWS::ApiGateway::RestApi").values()

@@ -39,6 +39,22 @@ def _arns(synth: Any, resolved: Resolved, spec: FunctionSpec) -> dict[Resource, 
         return resolved.attr(secrets[names.connection_secret(connection)], "Arn")
 
     kinds = [s.kind for s in topology.IMPORT_FUNCTIONS if s.kind]
+    channels = resolved.resolve(
+        {
+            "Fn::Join": [
+                "",
+                [
+                    "arn:",
+                    {"Ref": "AWS::Partition"},
+                    ":secretsmanager:",
+                    {"Ref": "AWS::Region"},
+                    ":",
+                    {"Ref": "AWS::AccountId"},
+                    f":secret:{names.channel_secret_prefix}*",
+                ],
+            ]
+        }
+    )
     return {
         Resource.LEDGER: [resolved.attr(tables[names.ledger_table], "Arn")],
         Resource.STATE: [resolved.attr(tables[names.state_table], "Arn")],
@@ -47,6 +63,7 @@ def _arns(synth: Any, resolved: Resolved, spec: FunctionSpec) -> dict[Resource, 
         Resource.BUS: [resolved.attr(bus, "Arn")],
         Resource.OWN_QUEUE: [queue(spec.kind)] if spec.kind else [],
         Resource.KIND_QUEUES: [queue(kind) for kind in kinds],
+        Resource.CHANNEL_SECRETS: [channels],
     }
 
 
@@ -168,3 +185,16 @@ def test_only_the_token_keeper_and_import_functions_read_secrets(synth, resolved
     for spec in (topology.STATUS_API, topology.REDRIVE):
         statements = resolved.role_statements(_role(synth, spec))
         assert not any(a.startswith("secretsmanager:") for a, _ in granted(statements))
+
+
+def test_the_public_hook_function_reads_only_channel_tokens_and_sends_imports(
+    synth, resolved
+) -> None:
+    statements = resolved.role_statements(_role(synth, topology.CRM_HOOKS))
+    grants = granted(statements) - lambdas_own(synth, resolved, topology.CRM_HOOKS)
+    actions = {action for action, _ in grants}
+    assert actions == {"secretsmanager:GetSecretValue", "sqs:SendMessage"}
+    secrets = {arn for action, arn in grants if action.startswith("secretsmanager:")}
+    assert secrets == {a for a in secrets if a.endswith(f":secret:{synth.names.channel_secret_prefix}*")}
+    connection = resolved.attr(next(iter(synth.secret_names())), "Arn")
+    assert not allows(statements, Request("secretsmanager:GetSecretValue", connection))

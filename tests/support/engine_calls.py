@@ -34,6 +34,7 @@ SERVICE = {
     Resource.BUS: "events",
     Resource.OWN_QUEUE: "sqs",
     Resource.KIND_QUEUES: "sqs",
+    Resource.CHANNEL_SECRETS: "secretsmanager",
 }
 # TransactWriteItems is no IAM action: each item needs its own.
 TRANSACTION_ITEMS = {

@@ -425,7 +425,14 @@ def test_the_document_lists_every_route_the_stack_deploys_even_from_one_function
         ("get", "/v1/imports"),
         ("get", "/v1/health"),
         ("get", "/v1/openapi.json"),
+        ("post", topology.HOOK_PATH),
     }
+
+
+def test_the_document_says_the_hook_route_takes_no_signature() -> None:
+    hook = DOC["paths"][topology.HOOK_PATH]["post"]
+    assert hook["security"] == []
+    assert DOC["security"] == [{"sigv4": []}]
 
 
 def test_every_documented_error_has_our_error_body() -> None:

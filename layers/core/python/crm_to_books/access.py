@@ -28,6 +28,7 @@ class Resource(StrEnum):
     BUS = "bus"  # the service's event bus
     OWN_QUEUE = "own_queue"  # the import function's own kind queue
     KIND_QUEUES = "kind_queues"  # every kind's queue
+    CHANNEL_SECRETS = "channel_secrets"  # the CRM notification channels' token secrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,35 @@ CALLS: dict[str, tuple[Calls, ...]] = {
         ),
         # Has a connection's cause gone (repaired, scope granted)? The state alone: no secret.
         Calls("tokens.TokenProvider", Resource.STATE, ("dynamodb:GetItem",), methods=("state",)),
+        Calls(_ENQUEUE, Resource.KIND_QUEUES, ("sqs:SendMessage",)),
+    ),
+    "sweep": (
+        # Which found records are imported already (batched reads); nothing else of the ledger.
+        Calls("ledger.succeeded_among", Resource.LEDGER, ("dynamodb:BatchGetItem",)),
+        _TOKENS,
+        Calls(_SECRETS, Resource.CONNECTIONS_USED, _GET_SECRET),
+        Calls("crm_gate.CrmGate", Resource.STATE, ("dynamodb:UpdateItem",)),
+        Calls("sweep.SweepStore", Resource.STATE, ("dynamodb:GetItem", "dynamodb:UpdateItem")),
+        Calls("channels.ChannelRegistry", Resource.STATE, ("dynamodb:GetItem", "dynamodb:PutItem")),
+        Calls(
+            "channels.ChannelSecrets",
+            Resource.CHANNEL_SECRETS,
+            (
+                "secretsmanager:CreateSecret",
+                "secretsmanager:DeleteSecret",
+                "secretsmanager:GetSecretValue",
+            ),
+        ),
+        Calls(_ENQUEUE, Resource.KIND_QUEUES, ("sqs:SendMessage",)),
+    ),
+    # A public route: it reads channel tokens and queues imports, nothing else.
+    "crm_hooks": (
+        Calls(
+            "channels.ChannelSecrets",
+            Resource.CHANNEL_SECRETS,
+            ("secretsmanager:GetSecretValue",),
+            methods=("read",),
+        ),
         Calls(_ENQUEUE, Resource.KIND_QUEUES, ("sqs:SendMessage",)),
     ),
 }

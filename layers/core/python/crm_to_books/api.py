@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crm_to_books import __version__, triggers
 from crm_to_books.entities import KINDS, Kind, get_entity
 from crm_to_books.errors import (
+    ConfigurationError,
     Deferred,
     InProgress,
     InvalidRequest,
@@ -34,7 +35,8 @@ from crm_to_books.errors import (
 )
 from crm_to_books.models import ID_PATTERN, ImportError_, ImportRecord, ImportRequest, Status
 from crm_to_books.observability import logger
-from crm_to_books.ports import ImporterLike, OutcomeLike
+from crm_to_books.ports import HooksLike, ImporterLike, OutcomeLike
+from crm_to_books.topology import HOOK_PATH
 
 SQS_MAX_DELAY_SECONDS = 900  # SQS DelaySeconds limit; the queue re-delays past it
 ASYNC_PREFERENCE = "respond-async"
@@ -137,12 +139,16 @@ _IMPORT_RESPONSES: dict[int, OpenAPIResponse] = {
 }
 
 
-def build_app(importer: ImporterLike, import_kinds: Collection[str] = ()) -> APIGatewayRestResolver:
+def build_app(
+    importer: ImporterLike, import_kinds: Collection[str] = (), hooks: HooksLike | None = None
+) -> APIGatewayRestResolver:
     """The resolver with every route. `import_kinds`: the kinds this function imports (an
-    import of another kind is refused); the status API imports none."""
+    import of another kind is refused); the status API imports none. `hooks`: the function
+    that receives Zoho CRM's notifications; the others refuse them."""
     app = APIGatewayRestResolver(enable_validation=True)
     _import_route(app, importer, import_kinds)
     _status_routes(app, importer)
+    _hook_route(app, hooks)
     _service_routes(app, importer)
     # Domain errors become HTTP answers here and in `error_response`, nowhere else.
     app.exception_handler(RequestValidationError)(_invalid)
@@ -248,6 +254,39 @@ def _status_routes(app: APIGatewayRestResolver, importer: ImporterLike) -> None:
             cursor=cursor,
         )
         return _json(200, {"imports": [r.public() for r in records], "next_cursor": next_cursor})
+
+
+class HookAnswer(BaseModel):
+    queued: int = Field(description="imports queued, one per id")
+    ignored: dict[str, int] = Field(
+        description="ids not queued, by reason: delete, other_operation, unknown_module, "
+        "module_not_watched, malformed_id, unknown_organization"
+    )
+
+
+def _hook_route(app: APIGatewayRestResolver, hooks: HooksLike | None) -> None:
+    @app.post(
+        HOOK_PATH,
+        summary="Zoho CRM notifications (Notification API): each id becomes a queued import",
+        operation_id="zohoCrmNotification",
+        tags=["hooks"],
+        # Zoho cannot sign requests: the channel's token in the body is the proof (the
+        # document says so: `openapi_document`).
+        responses={
+            200: _doc("Verified and queued (or ignored, counted)", HookAnswer),
+            400: _ERRORS[400],
+            401: _doc("No channel token (code 1401); nothing queued", ErrorBody),
+            403: _doc("Unknown channel or wrong token (code 1403); nothing queued", ErrorBody),
+            413: _doc("Body or id list too large (code 1413)", ErrorBody),
+            500: _ERRORS[500],
+            503: _doc("Imports could not be queued (code 1504)", ErrorBody),
+        },
+    )
+    def zoho_crm_notification() -> Response[dict[str, Any]]:
+        if hooks is None:
+            raise ConfigurationError("this function does not receive CRM notifications")
+        event = app.current_event
+        return _json(200, hooks.receive(event.decoded_body, event.request_context.request_id))
 
 
 def _service_routes(app: APIGatewayRestResolver, importer: ImporterLike) -> None:
@@ -381,6 +420,9 @@ def openapi_document(app: APIGatewayRestResolver) -> str:
             answer = operation.get("responses", {}).get("422", {})
             if "HTTPValidationError" in json.dumps(answer):
                 del operation["responses"]["422"]
+    hook = doc.get("paths", {}).get(HOOK_PATH, {}).get("post")
+    if hook is not None:  # no signature: Powertools leaves out an empty `security`
+        hook["security"] = []
     schemas = doc.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ResponseValidationError", "ValidationError"):
         schemas.pop(name, None)

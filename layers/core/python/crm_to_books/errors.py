@@ -133,3 +133,29 @@ class InProgress(Deferred):
     """Another request's attempt holds the record and did not finish while this one waited."""
 
     code = 1203
+
+
+class Unauthenticated(ServiceError):
+    """A request that must prove who sent it carried no proof (a notification without token)."""
+
+    code = 1401
+    http_status = 401
+
+
+class Forbidden(ServiceError):
+    """The proof does not hold (a wrong token, or a channel we do not know: the same answer)."""
+
+    code = 1403
+    http_status = 403
+
+
+class PayloadTooLarge(ServiceError):
+    code = 1413
+    http_status = 413
+
+
+class QueueUnavailable(ServiceError):
+    """Imports could not be queued now; nothing was lost that a sweep cannot find again."""
+
+    code = 1504
+    http_status = 503

@@ -22,7 +22,7 @@ import builtins
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ from crm_to_books.models import ImportError_, ImportRecord, ImportRequest, Statu
 from crm_to_books.topology import LEDGER_STATUS_INDEX
 
 KEEP_CORRELATION_IDS = 10
+BATCH_GET_KEYS = 100  # DynamoDB BatchGetItem's limit
 WRITE_TRIES = 5  # a transaction lost to a conflict or a throttle is tried this often
 _RECORD_FIELDS = set(ImportRecord.model_fields)
 _RETRYABLE = {
@@ -548,6 +549,14 @@ class Ledger:
         item = dynamo.load(answer.get("Item"))
         return to_record(item) if item else None
 
+    def succeeded(
+        self, organization_id: str, kind: str, crm_ids: Iterable[str]
+    ) -> builtins.set[str]:
+        """Which of `crm_ids` the ledger has as `succeeded` (`succeeded_among`)."""
+        return succeeded_among(
+            self.client, self._table, organization_id, kind, crm_ids, self._sleep
+        )
+
     def list(
         self,
         organization_id: str,
@@ -700,3 +709,44 @@ def _decode_cursor(cursor: str, bound: dict[str, str]) -> dict[str, Any]:
     ):
         raise InvalidRequest("cursor", "is not a cursor this API returned")
     return key
+
+
+def succeeded_among(
+    client: Any,
+    table: str,
+    organization_id: str,
+    kind: str,
+    crm_ids: Iterable[str],
+    sleep: Callable[[float], None] = time.sleep,
+) -> set[str]:
+    """Which of `crm_ids` the ledger has as `succeeded`: batched reads (100 keys a call),
+    eventually consistent (a record that succeeded a moment ago may be missed: queued again,
+    the ledger answers it without calling Zoho). Apart from `Ledger`'s own methods, so only the
+    functions that read this way are granted `dynamodb:BatchGetItem`."""
+    ids = list(dict.fromkeys(crm_ids))
+    found: set[str] = set()
+    for start in range(0, len(ids), BATCH_GET_KEYS):
+        keys = [
+            dynamo.dump(_key(organization_id, kind, crm_id))
+            for crm_id in ids[start : start + BATCH_GET_KEYS]
+        ]
+        request: dict[str, Any] = {
+            table: {
+                "Keys": keys,
+                "ProjectionExpression": "crm_id, #status",
+                "ExpressionAttributeNames": {"#status": "status"},
+            }
+        }
+        for attempt in range(WRITE_TRIES * 2):
+            answer = client.batch_get_item(RequestItems=request)
+            for item in answer.get("Responses", {}).get(table, []):
+                record = dynamo.load(item) or {}
+                if record.get("status") == Status.SUCCEEDED.value:
+                    found.add(str(record.get("crm_id")))
+            request = answer.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))
+        else:
+            raise RuntimeError("DynamoDB left keys of a batched read unprocessed")
+    return found

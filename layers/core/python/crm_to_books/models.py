@@ -19,7 +19,8 @@ def canonical_id(value: str) -> str:
     return value.lstrip("0") or "0"
 
 
-Source = Literal["http", "sqs", "eventbridge", "schedule", "cli", "redrive"]
+# schedule: a CRM sweep (or a user-declared schedule); crm: a Zoho CRM notification
+Source = Literal["http", "sqs", "eventbridge", "schedule", "cli", "redrive", "crm"]
 
 
 class Status(StrEnum):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -32,6 +33,50 @@ class Organization(BaseModel):
     requests_per_minute: int = Field(default=100, ge=1, le=10_000)
     daily_limit: int = Field(default=1000, ge=1, le=10_000_000)
     max_concurrency: int = Field(default=10, ge=1, le=100)
+
+
+CRM_FIELD = r"^[A-Za-z][A-Za-z0-9_]{0,99}$"  # a Zoho CRM field API name
+MAX_FILTER_FIELDS = 10  # the Records API takes 50 fields; Modified_Time is one of them
+
+
+class Sync(BaseModel):
+    """A CRM sweep of one (organization, kind): which records it queues and how many a run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    organization_id: DecimalId
+    kind: str
+    # Field API name -> the values a record must have (any one of them) to be imported.
+    filter: dict[Annotated[str, Field(pattern=CRM_FIELD)], tuple[str, ...]] = Field(
+        default_factory=dict, max_length=MAX_FILTER_FIELDS
+    )
+    # The first run's lower bound (ISO 8601 with an offset); None: every record.
+    start: datetime | None = None
+    max_records_per_run: int = Field(default=5000, ge=1, le=100_000)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in KINDS:
+            raise ValueError(f"must be one of {', '.join(KINDS)}")
+        return value
+
+    @field_validator("filter")
+    @classmethod
+    def _values(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for name, allowed in value.items():
+            if name in ("id", "Modified_Time"):
+                raise ValueError(f"{name}: cannot be filtered on")
+            if not allowed or len(allowed) > 100 or not all(allowed):
+                raise ValueError(f"{name}: give 1 to 100 non-empty values")
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _with_offset(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2025-01-01T00:00:00Z")
+        return value
 
 
 class Settings(BaseModel):
@@ -62,6 +107,10 @@ class Settings(BaseModel):
     # A synchronous caller that finds the record being imported waits this long for that
     # attempt's result (API Gateway gives a call 29 s).
     sync_wait_seconds: float = Field(default=20.0, ge=0, le=25)
+    # CRM sweeps configured for this stack (any other organization and kind sweeps with the
+    # defaults, when asked), and where each notification channel's token is kept.
+    syncs: tuple[Sync, ...] = ()
+    channel_secret_prefix: str = ""
 
     @field_validator("import_kind")
     @classmethod
@@ -77,6 +126,13 @@ class Settings(BaseModel):
         if unknown:
             raise ValueError(f"unknown kinds {unknown}: expected {', '.join(KINDS)}")
         return value
+
+    def sync(self, organization_id: str, kind: str) -> Sync:
+        """The sync configured for (organization, kind), else one with the defaults."""
+        for sync in self.syncs:
+            if (sync.organization_id, sync.kind) == (organization_id, kind):
+                return sync
+        return Sync(organization_id=organization_id, kind=kind)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -109,7 +165,7 @@ class Settings(BaseModel):
             value = env.get(name.upper())
             if value is None:
                 continue
-            if name in {"organizations", "connections", "queue_urls"}:
+            if name in {"organizations", "connections", "queue_urls", "syncs"}:
                 try:
                     raw[name] = json.loads(value)
                 except json.JSONDecodeError as exc:
@@ -129,7 +185,7 @@ class Settings(BaseModel):
         for name, value in self.model_dump(mode="json").items():
             if value is None:
                 continue
-            out[name.upper()] = json.dumps(value) if isinstance(value, dict) else str(value)
+            out[name.upper()] = json.dumps(value) if isinstance(value, dict | list) else str(value)
         return out
 
 

@@ -41,6 +41,17 @@ API_STAGE = "prod"
 # Scheduled jobs
 TOKEN_KEEPER_RATE_MINUTES = 5  # cheap (one GetItem); short, so tokens live most of their hour
 REDRIVE_RATE_MINUTES = 5
+# Zoho CRM notification channels live at most a day (one hour when Zoho does not take the
+# expiry asked for): each is renewed well before it ends, and re-enabled if it lapsed.
+CHANNEL_RENEW_RATE_MINUTES = 30
+SWEEP_TIMEOUT_SECONDS = 300  # a sweep stops starting pages in time to save its checkpoint
+
+# Zoho CRM notifications (the one route without IAM auth: verified by the channel's token)
+HOOK_PATH = "/v1/hooks/zoho-crm"
+HOOK_MAX_BODY_BYTES = 256 * 1024
+HOOK_MAX_IDS = 5000
+HOOK_THROTTLING_RATE_LIMIT = 10  # requests per second, this route alone
+HOOK_THROTTLING_BURST_LIMIT = 50
 
 # Metrics (Powertools EMF, dimension service=SERVICE_NAME only): the stack's alarms and
 # dashboard watch exactly these names.
@@ -54,6 +65,14 @@ METRIC_TOKEN_REFRESH_FAILED = "TokenRefreshFailed"  # noqa: S105 (a metric name)
 METRIC_TOKEN_REFRESHED = "TokenRefreshed"  # noqa: S105 (a metric name)
 # Imports by kind and outcome (dimensions service, kind, outcome): 12 metrics at most.
 METRIC_IMPORTS = "Imports"
+# CRM sweeps, channels and notifications
+METRIC_SWEEP_QUEUED = "CrmSweepQueued"
+METRIC_SWEEP_FAILED = "CrmSweepFailed"  # a sweep that stopped on an error (not at its limits)
+METRIC_CHANNELS_LAPSED = "CrmChannelsLapsed"
+METRIC_CHANNEL_RENEW_FAILED = "CrmChannelRenewFailed"
+METRIC_HOOK_QUEUED = "CrmHookQueued"
+METRIC_HOOK_IGNORED = "CrmHookIgnored"
+METRIC_HOOK_REFUSED = "CrmHookRefused"  # 4xx: bad token, unknown channel, malformed body
 
 # Key schema shared by the stack and the emulator.
 LEDGER_PARTITION_KEY = "pk"
@@ -154,6 +173,14 @@ class Names:
         return f"{self.prefix}/connections/{connection}"
 
     @property
+    def channel_secret_prefix(self) -> str:
+        """Each Zoho CRM notification channel's token is the secret `<this><channel id>`."""
+        return f"{self.prefix}/channels/"
+
+    def channel_secret(self, channel_id: str) -> str:
+        return f"{self.channel_secret_prefix}{channel_id}"
+
+    @property
     def api_name(self) -> str:
         return f"{self.prefix}-api"
 
@@ -203,4 +230,28 @@ REDRIVE = FunctionSpec(
     description="Re-enqueues parked imports whose time has come",
 )
 
-ALL_FUNCTIONS: tuple[FunctionSpec, ...] = (*IMPORT_FUNCTIONS, STATUS_API, TOKEN_KEEPER, REDRIVE)
+SWEEP = FunctionSpec(
+    name="sweep",
+    handler_dir="sweep",
+    description="Sweeps Zoho CRM for changed records and queues their imports; keeps the "
+    "CRM notification channels",
+    timeout_seconds=SWEEP_TIMEOUT_SECONDS,
+)
+
+CRM_HOOKS = FunctionSpec(
+    name="crm-hooks",
+    handler_dir="crm_hooks",
+    description="Receives Zoho CRM notifications and queues their imports",
+    http_routes=(("POST", HOOK_PATH),),
+)
+
+ALL_FUNCTIONS: tuple[FunctionSpec, ...] = (
+    *IMPORT_FUNCTIONS,
+    STATUS_API,
+    TOKEN_KEEPER,
+    REDRIVE,
+    SWEEP,
+    CRM_HOOKS,
+)
+# Functions that queue imports of any kind (told every kind queue's URL).
+EVERY_QUEUE_FUNCTIONS: tuple[FunctionSpec, ...] = (REDRIVE, SWEEP, CRM_HOOKS)

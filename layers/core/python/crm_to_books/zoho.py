@@ -1,4 +1,5 @@
-"""Zoho Accounts (OAuth) and Zoho Books (CRM import) over HTTP, with answers classified.
+"""Zoho Accounts (OAuth), Zoho Books (CRM import) and Zoho CRM (records, notification
+channels) over HTTP, with answers classified.
 
 Classification follows DESIGN.md: HTTP status first, Zoho's code second, and Zoho's code and
 message are kept. No secret ever goes into an exception, a log line or a returned value's repr.
@@ -7,6 +8,7 @@ message are kept. No secret ever goes into an exception, a log line or a returne
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -66,6 +68,24 @@ class ZohoAnswer:
     data: dict[str, Any] = field(default_factory=dict)
     rate: RateHeaders = field(default_factory=RateHeaders)
     elapsed: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CrmAnswer:
+    """One Zoho CRM answer as it came: `http_status` None when none came (`sent` False: the
+    request never left). `code` is Zoho's error code (`TOO_MANY_REQUESTS`,
+    `OAUTH_SCOPE_MISMATCH`, ...) for an error body, else empty."""
+
+    http_status: int | None
+    body: dict[str, Any]
+    code: str
+    message: str
+    sent: bool = True
+
+    @property
+    def nothing(self) -> bool:
+        """204 (no records) or 304 (none changed since If-Modified-Since)."""
+        return self.http_status in (204, 304)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +332,80 @@ class ZohoClient:
                 elapsed=time.perf_counter() - started,
             )
         return classify(response, time.perf_counter() - started, keep_body=keep_body)
+
+    # --- CRM ------------------------------------------------------------------------------
+    def crm_records(
+        self,
+        token: AccessToken,
+        module: str,
+        fields: Sequence[str],
+        *,
+        modified_since: str | None = None,
+        page_token: str | None = None,
+        page: int | None = None,
+        per_page: int = 200,
+    ) -> CrmAnswer:
+        """Zoho CRM Records API, oldest change first: `GET /crm/v8/{module}`. 204 and 304
+        (nothing changed since `modified_since`) are answers with an empty body."""
+        params: dict[str, str] = {
+            "fields": ",".join(fields),
+            "sort_by": "Modified_Time",
+            "sort_order": "asc",
+            "per_page": str(per_page),
+        }
+        if page_token:
+            params["page_token"] = page_token
+        elif page:
+            params["page"] = str(page)
+        headers = {"If-Modified-Since": modified_since} if modified_since else {}
+        return self._crm("GET", token, f"/crm/v8/{module}", params=params, headers=headers)
+
+    def crm_watch(
+        self,
+        token: AccessToken,
+        method: str,
+        *,
+        channels: Sequence[Mapping[str, Any]] = (),
+        params: Mapping[str, str] | None = None,
+    ) -> CrmAnswer:
+        """Zoho CRM Notification API, `/crm/v8/actions/watch`: POST enables channels, PATCH
+        changes them, GET lists them, DELETE (`channel_ids`) disables them."""
+        body = {"watch": [dict(c) for c in channels]} if channels else None
+        return self._crm(method, token, "/crm/v8/actions/watch", params=params, body=body)
+
+    def _crm(
+        self,
+        method: str,
+        token: AccessToken,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> CrmAnswer:
+        sent_headers = {
+            "Authorization": f"Zoho-oauthtoken {token.value}",
+            "Accept": "application/json",
+            **(headers or {}),
+        }
+        try:
+            response = self._session.request(
+                method,
+                f"{token.api_domain}{path}",
+                params=dict(params or {}),
+                headers=sent_headers,
+                json=body,
+                timeout=self._timeout,
+            )
+        except requests.RequestException as exc:
+            never = isinstance(exc, requests.exceptions.ConnectTimeout) or (
+                isinstance(exc, requests.exceptions.ConnectionError) and _never_connected(exc)
+            )
+            return CrmAnswer(None, {}, "", _describe_exc(exc), sent=not never)
+        answer = _json(response)
+        code = str(answer.get("code") or "") if answer.get("status") == "error" else ""
+        message = _clip(str(answer.get("message") or response.reason or ""))
+        return CrmAnswer(response.status_code, answer, code, message)
 
 
 def classify(
