@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -112,6 +113,35 @@ class Target:
                 config=_BOTO_CONFIG,
             )
         return self._clients[service]
+
+    def invoke(self, function: str, payload: dict[str, Any], read_timeout: float) -> Any:
+        """Invoke one of the stack's functions (by its physical name) and wait for its answer:
+        Lambda on AWS; the local stack's own Invoke API on its HTTP port (`make dev`)."""
+        if self.local:
+            endpoint = self.require_api()
+        client = self.session.client(
+            "lambda",
+            endpoint_url=endpoint if self.local else None,
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 1},
+                connect_timeout=5,
+                read_timeout=read_timeout,
+            ),
+        )
+        try:
+            answer = client.invoke(FunctionName=function, Payload=json.dumps(payload).encode())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                raise CliError(
+                    f"function {function} not found{self._where()}: is the stack deployed "
+                    "with this version (check --prefix/--stack)?"
+                ) from None
+            raise
+        body = json.loads(answer["Payload"].read() or b"null")
+        if answer.get("FunctionError"):
+            said = body.get("errorMessage") if isinstance(body, dict) else body
+            raise CliError(f"function {function} failed: {said} (see its logs)")
+        return body
 
     def require_api(self) -> str:
         if not self.api_url:

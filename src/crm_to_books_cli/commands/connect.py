@@ -16,9 +16,22 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_to_books import topology
+from crm_to_books.crm_gate import NOTIFICATIONS_SCOPE, crm_scope
+from crm_to_books.entities import KINDS, get_entity
 from crm_to_books.zoho import DATA_CENTRES, TokenError, ZohoClient
 from crm_to_books_cli import target
 from crm_to_books_cli.target import CliError, Target
+
+# What a grant code must carry: Books imports and look-ups; CRM reads (sweeps) and notification
+# channels (watch). Without the CRM scopes Books imports work and CRM triggers say what is missing.
+SCOPES = (
+    "ZohoBooks.contacts.CREATE",
+    "ZohoBooks.settings.CREATE",
+    "ZohoBooks.contacts.READ",
+    "ZohoBooks.settings.READ",
+    *(crm_scope(get_entity(kind).crm_module) for kind in KINDS),
+    NOTIFICATIONS_SCOPE,
+)
 
 ADVICE = {
     "invalid_code": "the grant code expired (they live a few minutes) or was already used: "
@@ -34,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "connect",
         help="store a Zoho connection's refresh token (from a self-client grant code)",
         description="Prompts for the self-client's client secret and a grant code (scopes "
-        "ZohoBooks.contacts.CREATE,ZohoBooks.settings.CREATE,ZohoBooks.contacts.READ,"
-        "ZohoBooks.settings.READ), exchanges the code at the data centre's accounts server and "
+        f"{','.join(SCOPES)}; the ZohoCRM ones for CRM sweeps and notifications), exchanges "
+        "the code at the data centre's accounts server and "
         "writes client_id, client_secret, refresh_token and accounts_url to the connection's "
         "secret. Without a terminal, reads the client secret then the grant code from stdin.",
     )
@@ -65,6 +78,7 @@ def accounts_url(data_centre: str) -> str:
 
 def _secrets() -> tuple[str, str]:
     if sys.stdin.isatty():
+        print(f"the grant code's scopes: {','.join(SCOPES)}", file=sys.stderr)
         client_secret = getpass.getpass("client secret: ")
         code = getpass.getpass("grant code: ")
     else:

@@ -152,6 +152,7 @@ class HttpResponse:
 
 
 INTERNAL_ERROR = HttpResponse.json(502, {"message": "Internal server error"})
+_LAMBDA_INVOKE = re.compile(r"/2015-03-31/functions/(?P<name>[^/]+)/invocations")
 MISSING_TOKEN = HttpResponse.json(
     403,
     {"message": "Missing Authentication Token"},
@@ -195,9 +196,19 @@ class ApiGateway:
     """A threaded HTTP server on host:port routing to functions through `invoke`."""
 
     def __init__(
-        self, routes: Iterable[Route], invoke: Invoke, host: str, port: int, stage: str
+        self,
+        routes: Iterable[Route],
+        invoke: Invoke,
+        host: str,
+        port: int,
+        stage: str,
+        invoke_api: bool = False,
     ) -> None:
+        """`invoke_api`: also serve Lambda's Invoke API (`POST /2015-03-31/functions/NAME/
+        invocations`), so `aws lambda invoke --endpoint-url <this>` (and the CLI's `sync`
+        and `watch`) reach the local functions as they reach deployed ones."""
         self.routes = sort_routes(routes)
+        self.invoke_api = invoke_api
         self.host, self.port, self.stage = host, port, stage
         self._invoke = invoke
         self._server: ThreadingHTTPServer | None = None
@@ -256,6 +267,12 @@ class ApiGateway:
         # Decoded once, then matched, as API Gateway does: an encoded "/" splits a segment, and
         # a path value is not decoded again ("%2541" arrives as "%41").
         path = unquote(url.path)
+        lambda_call = _LAMBDA_INVOKE.fullmatch(path) if self.invoke_api else None
+        if lambda_call is not None and request.command == "POST":
+            length = int(request.headers.get("Content-Length") or 0)
+            payload = request.rfile.read(length) if length else b""
+            self._respond(request, self._invoke_function(lambda_call["name"], payload), started)
+            return
         # API Gateway's own URL carries the stage (`/prod/v1/...`), and so does every
         # `Location` the API hands out: serve both forms, as a custom domain and the default do.
         stage_prefix = f"/{self.stage}/"
@@ -285,6 +302,41 @@ class ApiGateway:
                 response = proxy_response(self._invoke(function, event))
             except RuntimeStopped:
                 response = HttpResponse.json(503, {"message": "Service Unavailable"})
+        self._respond(request, response, started, function)
+
+    def _invoke_function(self, name: str, payload: bytes) -> HttpResponse:
+        """Lambda's Invoke API (RequestResponse): the result, or the error with
+        `X-Amz-Function-Error: Unhandled`, as Lambda answers."""
+        name = name.rsplit(":function:", 1)[-1]
+        try:
+            event = json.loads(payload or b"{}")
+            invocation = self._invoke(name, event)
+        except KeyError:
+            return HttpResponse.json(
+                404,
+                {"Type": "User", "message": f"Function not found: {name}"},
+                **{"x-amzn-ErrorType": "ResourceNotFoundException"},
+            )
+        except ValueError:
+            return HttpResponse.json(400, {"Type": "User", "message": "payload: not JSON"})
+        except RuntimeStopped:
+            return HttpResponse.json(503, {"message": "Service Unavailable"})
+        if invocation.ok:
+            body = json.dumps(invocation.result).encode()
+            return HttpResponse(200, [("Content-Type", "application/json")], body)
+        return HttpResponse(
+            200,
+            [("Content-Type", "application/json"), ("X-Amz-Function-Error", "Unhandled")],
+            json.dumps(invocation.error).encode(),
+        )
+
+    def _respond(
+        self,
+        request: BaseHTTPRequestHandler,
+        response: HttpResponse,
+        started: float,
+        function: str = "lambda-invoke",
+    ) -> None:
         request.send_response(response.status)
         for name, value in response.headers:
             request.send_header(name, value)

@@ -47,6 +47,11 @@ SCHEDULES: tuple[tuple[topology.FunctionSpec, int], ...] = (
     (topology.TOKEN_KEEPER, topology.TOKEN_KEEPER_RATE_MINUTES),
     (topology.REDRIVE, topology.REDRIVE_RATE_MINUTES),
 )
+# Schedules with an input of their own: (name, function, minutes, input).
+RENEWAL = "channel-renewal"
+INPUT_SCHEDULES: tuple[tuple[str, topology.FunctionSpec, int, dict[str, str]], ...] = (
+    (RENEWAL, topology.SWEEP, topology.CHANNEL_RENEW_RATE_MINUTES, {"action": "renew_channels"}),
+)
 log = logging.getLogger(__name__)
 
 
@@ -101,9 +106,11 @@ class LocalStack:
         self.visibility_timeout, self.max_receive_count = visibility_timeout, max_receive_count
         self.batching_window, self.queue_concurrency = batching_window, queue_concurrency
         self.max_containers = max_containers
-        self.schedule_seconds = {
-            spec.name: float(minutes * 60) for spec, minutes in SCHEDULES
-        } | dict(schedule_seconds or {})
+        self.schedule_seconds = (
+            {spec.name: float(minutes * 60) for spec, minutes in SCHEDULES}
+            | {name: float(minutes * 60) for name, _, minutes, _ in INPUT_SCHEDULES}
+            | dict(schedule_seconds or {})
+        )
         self._settings_overrides = dict(settings or {})
         self._environment = dict(environment or {})
         self._log_sink = log_sink or print_line
@@ -156,6 +163,7 @@ class LocalStack:
                 "state_table": self.names.state_table,
                 "event_bus_name": self.names.event_bus,
                 "queue_urls": self.resources.queue_urls,
+                "channel_secret_prefix": self.names.channel_secret_prefix,
                 **self._settings_overrides,
                 "organizations": organizations,
                 "connections": connections,
@@ -173,7 +181,12 @@ class LocalStack:
             for method, path in spec.http_routes
         ]
         self.api = ApiGateway(
-            routes, self.runtime.invoke, self.host, self._api_port, topology.API_STAGE
+            routes,
+            self.runtime.invoke,
+            self.host,
+            self._api_port,
+            topology.API_STAGE,
+            invoke_api=True,
         )
         self.api.start()
         self._started.append(self.api)
@@ -205,6 +218,16 @@ class LocalStack:
                     self.schedule_seconds[spec.name],
                 )
                 for spec, _ in SCHEDULES
+            ]
+            + [
+                Schedule(
+                    name,
+                    f"{self.names.prefix}-{name}",
+                    self.names.function(spec),
+                    self.schedule_seconds[name],
+                    input=dict(event),
+                )
+                for name, spec, _, event in INPUT_SCHEDULES
             ],
             self.runtime.invoke,
         )
@@ -305,7 +328,8 @@ class LocalStack:
         return self.runtime.invoke(self.function_name(function), event)
 
     def fire(self, schedule: str) -> Invocation:
-        """Fire a schedule now ("token-keeper", "redrive") and wait for the invocation."""
+        """Fire a schedule now ("token-keeper", "redrive", "channel-renewal") and wait for the
+        invocation."""
         assert self.scheduler is not None, "start() the stack first"
         return self.scheduler.fire(schedule)
 
@@ -316,11 +340,13 @@ class LocalStack:
 
     def _queue_urls(self, spec: topology.FunctionSpec) -> dict[str, str]:
         """The queues a function is told about, as infra/stack.py wires them: an import
-        function its own kind's, the re-drive job every kind's, the others none."""
+        function its own kind's, the re-drive job, the sweep and the CRM hook every kind's, the
+        others none."""
         assert self.resources is not None
         if spec.kind is not None:
             return {spec.kind: self.resources.queue_urls[spec.kind]}
-        return dict(self.resources.queue_urls) if spec == topology.REDRIVE else {}
+        every = spec in topology.EVERY_QUEUE_FUNCTIONS
+        return dict(self.resources.queue_urls) if every else {}
 
     def _function_config(self, spec: topology.FunctionSpec) -> FunctionConfig:
         assert self.settings is not None
