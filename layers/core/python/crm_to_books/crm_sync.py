@@ -179,5 +179,8 @@ class CrmSync:
                 if result.get("outcome") in ("failed", "re-enabled")
                 else (logger.info)
             )
-            log("CRM channel checked", extra={k: v for k, v in result.items() if k != "gap_sweeps"})
+            said = {k: v for k, v in result.items() if k != "gap_sweeps"}
+            if "message" in said:  # a LogRecord's own attribute
+                said["detail"] = said.pop("message")
+            log("CRM channel checked", extra=said)
         return {"channels": results}

@@ -254,7 +254,10 @@ class Sweeper:
             result.stopped = "lease_lost"
             result.message = "the run outlived its lease: another run carries on"
         log = logger.warning if result.failed else logger.info
-        log("CRM sweep done", extra={k: v for k, v in result.as_dict().items() if v is not None})
+        said = {k: v for k, v in result.as_dict().items() if v is not None}
+        if "message" in said:  # a LogRecord's own attribute
+            said["detail"] = said.pop("message")
+        log("CRM sweep done", extra=said)
         return result
 
 
