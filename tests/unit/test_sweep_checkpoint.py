@@ -154,7 +154,9 @@ def test_runs_cut_anywhere_lose_nothing_and_repeat_only_a_dead_page(
         runs += 1
         assert runs < 500
         die = deaths.pop(0) if deaths else None
-        saved, handled, died = run(crm, checkpoint, page=page, budget=budget, now=now, die_after=die)
+        saved, handled, died = run(
+            crm, checkpoint, page=page, budget=budget, now=now, die_after=die
+        )
         seen += handled
         if died:
             # A dead run saved the pages before the one it died in: only that page's records

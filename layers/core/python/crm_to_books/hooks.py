@@ -156,7 +156,7 @@ class CrmHooks:
             "CRM notification",
             extra={
                 "channel_id": str(notification.get("channel_id")),
-                "module": str(notification.get("module"))[:40],
+                "crm_module": str(notification.get("module"))[:40],
                 "operation": operation[:20],
                 "queued": queued,
                 "ignored": dict(ignored),
