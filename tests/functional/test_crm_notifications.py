@@ -150,12 +150,13 @@ def test_a_wrong_or_missing_token_or_unknown_channel_queues_nothing(
     assert wrong[0] == unknown[0] == 403
     assert wrong == unknown  # the answer says nothing of which channels exist
     assert missing[0] == 401 and missing[1]["message"].startswith("token:")
-    assert not_json[0] == 400 and huge[0] == 413
+    too_big = post({**body, "module": "x" * 300_000})
+    assert not_json[0] == huge[0] == 400 and too_big[0] == 413
     assert not queued(aws_world["queue_urls"]["account"])
     out = capsys.readouterr().out
     assert receiver_token not in out
     refused = [line for line in out.splitlines() if '"CrmHookRefused"' in line and "_aws" in line]
-    assert len(refused) == 5
+    assert len(refused) == 6
 
 
 def test_a_replayed_notification_is_imported_once(

@@ -6,6 +6,7 @@ Gateway sends a function only its own routes, and `import_kinds` says which kind
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -36,7 +37,7 @@ from crm_to_books.errors import (
 from crm_to_books.models import ID_PATTERN, ImportError_, ImportRecord, ImportRequest, Status
 from crm_to_books.observability import logger
 from crm_to_books.ports import HooksLike, ImporterLike, OutcomeLike
-from crm_to_books.topology import HOOK_PATH
+from crm_to_books.topology import HOOK_MAX_IDS, HOOK_PATH
 
 SQS_MAX_DELAY_SECONDS = 900  # SQS DelaySeconds limit; the queue re-delays past it
 ASYNC_PREFERENCE = "respond-async"
@@ -256,6 +257,19 @@ def _status_routes(app: APIGatewayRestResolver, importer: ImporterLike) -> None:
         return _json(200, {"imports": [r.public() for r in records], "next_cursor": next_cursor})
 
 
+class CrmNotification(BaseModel):
+    """The body Zoho CRM posts (documented here; `hooks.py` reads it, so that a missing or wrong
+    token is a 401/403, not a validation error)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    module: str = Field(max_length=100, description="the CRM module, e.g. Accounts")
+    ids: list[str] = Field(max_length=HOOK_MAX_IDS, description="record ids, 1 to 19 digits")
+    operation: str = Field(description="insert and update are queued; delete is ignored")
+    channel_id: str
+    token: str | None = Field(default=None, description="the channel's token")
+
+
 class HookAnswer(BaseModel):
     queued: int = Field(description="imports queued, one per id")
     ignored: dict[str, int] = Field(
@@ -277,7 +291,7 @@ def _hook_route(app: APIGatewayRestResolver, hooks: HooksLike | None) -> None:
             400: _ERRORS[400],
             401: _doc("No channel token (code 1401); nothing queued", ErrorBody),
             403: _doc("Unknown channel or wrong token (code 1403); nothing queued", ErrorBody),
-            413: _doc("Body or id list too large (code 1413)", ErrorBody),
+            413: _doc("Body over 256 KiB (code 1413)", ErrorBody),
             500: _ERRORS[500],
             503: _doc("Imports could not be queued (code 1504)", ErrorBody),
         },
@@ -286,7 +300,10 @@ def _hook_route(app: APIGatewayRestResolver, hooks: HooksLike | None) -> None:
         if hooks is None:
             raise ConfigurationError("this function does not receive CRM notifications")
         event = app.current_event
-        return _json(200, hooks.receive(event.decoded_body, event.request_context.request_id))
+        body: str | bytes | None = event.body
+        if event.is_base64_encoded and event.body:  # bytes, not necessarily text
+            body = base64.b64decode(event.body)
+        return _json(200, hooks.receive(body, event.request_context.request_id))
 
 
 def _service_routes(app: APIGatewayRestResolver, importer: ImporterLike) -> None:
@@ -420,10 +437,15 @@ def openapi_document(app: APIGatewayRestResolver) -> str:
             answer = operation.get("responses", {}).get("422", {})
             if "HTTPValidationError" in json.dumps(answer):
                 del operation["responses"]["422"]
+    schemas = doc.get("components", {}).get("schemas", {})
     hook = doc.get("paths", {}).get(HOOK_PATH, {}).get("post")
     if hook is not None:  # no signature: Powertools leaves out an empty `security`
         hook["security"] = []
-    schemas = doc.get("components", {}).get("schemas", {})
+        hook["requestBody"] = {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/CrmNotification"}}},
+        }
+        schemas["CrmNotification"] = CrmNotification.model_json_schema()
     for name in ("HTTPValidationError", "ResponseValidationError", "ValidationError"):
         schemas.pop(name, None)
     return json.dumps(doc, separators=(",", ":"))

@@ -70,7 +70,9 @@ class CrmHooks:
         # once a minute per channel id, whatever a caller sends.
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
-    def receive(self, body: str | None, correlation_id: str | None = None) -> dict[str, Any]:
+    def receive(
+        self, body: str | bytes | None, correlation_id: str | None = None
+    ) -> dict[str, Any]:
         """Verify and queue one notification; raises a ServiceError (4xx/503) otherwise."""
         try:
             notification = self._parse(body)
@@ -81,8 +83,8 @@ class CrmHooks:
             raise
         return self._queue(notification, channel, correlation_id)
 
-    def _parse(self, body: str | None) -> dict[str, Any]:
-        raw = (body or "").encode()
+    def _parse(self, body: str | bytes | None) -> dict[str, Any]:
+        raw = body if isinstance(body, bytes) else (body or "").encode()
         if len(raw) > HOOK_MAX_BODY_BYTES:
             raise PayloadTooLarge(f"body: at most {HOOK_MAX_BODY_BYTES} bytes")
         try:
@@ -94,7 +96,7 @@ class CrmHooks:
         if not isinstance(notification.get("ids"), list):
             raise InvalidRequest("ids", "must be a list of CRM record ids")
         if len(notification["ids"]) > HOOK_MAX_IDS:
-            raise PayloadTooLarge(f"ids: at most {HOOK_MAX_IDS} in one notification")
+            raise InvalidRequest("ids", f"at most {HOOK_MAX_IDS} in one notification")
         return notification
 
     def _verify(self, notification: dict[str, Any]) -> dict[str, Any]:

@@ -91,4 +91,6 @@ class ImporterLike(Protocol):
 class HooksLike(Protocol):
     """`hooks.CrmHooks`: a Zoho CRM notification, verified and queued."""
 
-    def receive(self, body: str | None, correlation_id: str | None = None) -> dict[str, Any]: ...
+    def receive(
+        self, body: str | bytes | None, correlation_id: str | None = None
+    ) -> dict[str, Any]: ...
