@@ -5,7 +5,16 @@ Never timed assertions: each benchmark prints its figures against their targets 
 
 from __future__ import annotations
 
-from bench import aws_calls, cold_start, cost, overhead, rate_limit, throughput, token_economy
+from bench import (
+    aws_calls,
+    cold_start,
+    cost,
+    crm,
+    overhead,
+    rate_limit,
+    throughput,
+    token_economy,
+)
 from bench.core import Benchmark
 
 # In run order: the cost model comes last and reuses what the others measured.
@@ -17,5 +26,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "overhead": overhead.run,
     "sqs_throughput": throughput.run,
     "cold_start": cold_start.run,
+    "crm_sweep": crm.run_sweep,
+    "crm_latency": crm.run_latency,
     "cost": cost.run,
 }

@@ -47,6 +47,7 @@ def run(
     """One sweep run: (the checkpoint it saved, what it handled, whether it died)."""
     handled: list[tuple[str, int]] = []
     listing = crm.listing(checkpoint.modified_since())
+    started = now  # the walk's start
     found = 0
     for start in range(0, len(listing), page):
         prefix = []
@@ -63,8 +64,8 @@ def run(
             prefix.append((crm_id, second))
         checkpoint = checkpoint.advance(prefix, now - 5)
         if found == budget:
-            break
-    return checkpoint, handled, False
+            return checkpoint, handled, False
+    return checkpoint.close(started - 5), handled, False  # it reached the last change
 
 
 def at(second: int) -> datetime:
@@ -87,16 +88,24 @@ def test_the_bound_stays_behind_now_until_changes_have_settled() -> None:
     assert checkpoint.bound == 4995  # not past now - 5: the last seconds stay in `recent`
     assert dict(checkpoint.recent) == {"2": 4998, "3": 4999}
     crm.records["4"] = 4997  # a change that became visible late, stamped earlier
-    checkpoint, handled, _ = run(crm, checkpoint, page=200, budget=10, now=5000)
+    checkpoint, handled, _ = run(crm, checkpoint, page=200, budget=10, now=5002)
     assert handled == [("4", 4997)]
+
+
+def test_a_walk_that_reached_the_end_closes_the_checkpoint_up_to_its_start() -> None:
+    crm = ModelCrm({f"{i}": 1000 for i in range(1, 451)})
+    checkpoint, _, _ = run(crm, Checkpoint(), page=200, budget=1000, now=5000)
+    assert checkpoint.bound == 4995 and not checkpoint.recent
+    assert crm.listing(checkpoint.modified_since()) == []  # the next run reads nothing again
+    assert checkpoint.close(10) == checkpoint  # never back
 
 
 def test_a_record_changed_again_is_handled_again() -> None:
     crm = ModelCrm({"1": 100, "2": 100})
     checkpoint, _, _ = run(crm, Checkpoint(), page=1, budget=10, now=5000)
-    crm.records["1"] = 200
-    _, handled, _ = run(crm, checkpoint, page=1, budget=10, now=5000)
-    assert handled == [("1", 200)]
+    crm.records["1"] = 5001  # a change is stamped with the CRM's current second
+    _, handled, _ = run(crm, checkpoint, page=1, budget=10, now=5002)
+    assert handled == [("1", 5001)]
 
 
 def test_the_bound_never_passes_a_record_listed_out_of_order() -> None:

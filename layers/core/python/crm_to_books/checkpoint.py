@@ -19,7 +19,8 @@ the bound goes to the second of the last record handled, never past `settled_bef
 of the last few seconds may still become visible with an earlier `Modified_Time`; their records
 stay in `recent` meanwhile), and never back. A record that changes while a run walks the list
 gets a `Modified_Time` of now, at or after any record already listed, so it is either still
-ahead in this walk or found by the next one.
+ahead in this walk or found by the next one. A walk that reached the last change `close`s the
+checkpoint up to its own start (less the settle time): the next run starts after it.
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ class Checkpoint:
             candidate = min(candidate, out_of_order)
         bound = max(self.bound, candidate)
         return Checkpoint(bound, {i: s for i, s in recent.items() if s >= bound})
+
+    def close(self, listed_before: int) -> Checkpoint:
+        """A walk listed every change up to its end: every record modified before
+        `listed_before` (the walk's start, less the settle time: a record changed during the walk
+        may have been stamped in a second the walk had passed) is handled, so the bound moves
+        there, and the next run reads nothing of what this one saw."""
+        if listed_before <= self.bound:
+            return self
+        return Checkpoint(
+            listed_before, {i: s for i, s in self.recent.items() if s >= listed_before}
+        )
 
     @property
     def bound_iso(self) -> str | None:

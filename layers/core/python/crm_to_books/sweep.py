@@ -273,12 +273,13 @@ class _Position:
     """Where a walk is: its If-Modified-Since, and the next page (token, else number)."""
 
     since: str | None
+    started: float  # when this walk's first page was asked for (our clock)
     token: str | None = None
     page: int = 1
     restarts: int = 0
 
-    def restart(self, since: str | None, counted: bool = True) -> None:
-        self.since, self.token, self.page = since, None, 1
+    def restart(self, since: str | None, started: float, counted: bool = True) -> None:
+        self.since, self.started, self.token, self.page = since, started, None, 1
         self.restarts += counted
 
 
@@ -296,11 +297,11 @@ class _Walk:
 
     def run(self) -> None:
         sync, result = self.sync, self.result
-        at = _Position(self.checkpoint.modified_since())
+        at = _Position(self.checkpoint.modified_since(), started=self.sweeper._clock())
         while not self._limit_reached():
             answer = self._read(at)
             if answer.nothing:
-                result.complete = True
+                self._complete(at)
                 return
             if answer.http_status != 200:
                 if answer.code not in RESTART_CODES or at.restarts >= 3:
@@ -309,7 +310,7 @@ class _Walk:
                         f"Zoho CRM refused the records read: HTTP {answer.http_status} "
                         f"{answer.code} {answer.message}".rstrip(),
                     )
-                at.restart(self.checkpoint.modified_since())
+                at.restart(self.checkpoint.modified_since(), self.sweeper._clock())
                 continue
             before = self.checkpoint
             info = answer.body.get("info") or {}
@@ -323,7 +324,7 @@ class _Walk:
                 result.message = f"found max_records_per_run ({sync.max_records_per_run})"
                 return
             if not info.get("more_records"):
-                result.complete = True
+                self._complete(at)
                 return
             if info.get("next_page_token"):
                 at.token = str(info["next_page_token"])
@@ -336,7 +337,13 @@ class _Walk:
                     "page tokens",
                 )
             else:  # no token and no more numbered pages: a new walk from the checkpoint
-                at.restart(self.checkpoint.modified_since(), counted=False)
+                at.restart(self.checkpoint.modified_since(), self.sweeper._clock(), counted=False)
+
+    def _complete(self, at: _Position) -> None:
+        """The walk reached the last change: close the checkpoint up to the walk's start (the
+        run saves it as it ends)."""
+        self.result.complete = True
+        self.checkpoint = self.checkpoint.close(int(at.started) - SETTLE_SECONDS)
 
     def _limit_reached(self) -> bool:
         result, sync = self.result, self.sync
