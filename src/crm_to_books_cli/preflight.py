@@ -18,6 +18,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_to_books import dynamo, topology
+from crm_to_books.sweep import PROBLEMS as SWEEP_PROBLEMS
 from crm_to_books.tokens import _key as token_key
 from crm_to_books_cli.output import CONNECT_FLAGS
 from crm_to_books_cli.target import BAD_CREDENTIALS, Target
@@ -120,6 +121,14 @@ class Template:
             return str(props["CloudWatchRoleArn"]["Fn::GetAtt"][0])
         return None
 
+    def function_environment(self, name: str) -> dict[str, str] | None:
+        """A function's environment variables (the literal ones), or None without it."""
+        for props in self.of_type("AWS::Lambda::Function").values():
+            if props.get("FunctionName") == name:
+                variables = props.get("Environment", {}).get("Variables", {})
+                return {k: v for k, v in variables.items() if isinstance(v, str)}
+        return None
+
     def logs_api_access(self) -> bool:
         return any("AccessLogSetting" in p for p in self.of_type("AWS::ApiGateway::Stage").values())
 
@@ -164,6 +173,7 @@ class Preflight:
             checks += [
                 ("connection", self.connections),
                 ("token-keeper", self.token_keeper),
+                ("crm", self.crm_triggers),
                 ("alarm-topic", self.alarm_subscriptions),
             ]
         found: list[Finding] = []
@@ -473,6 +483,80 @@ class Preflight:
                     "token-keeper",
                     OK,
                     f"connection {connection}: access token valid for {int(expires - now)} s",
+                )
+
+    def crm_triggers(self) -> Iterator[Finding]:
+        """CRM sweeps and notification channels (docs/crm-triggers.md): the CRM scopes the
+        token keeper found missing, channels that lapsed, syncs whose last run failed."""
+        names = self.where.names
+        environment = self.template.function_environment(names.function(topology.SWEEP))
+        if environment is None:
+            return
+        organizations = json.loads(environment.get("ORGANIZATIONS") or "{}")
+        syncs = json.loads(environment.get("SYNCS") or "[]")
+        dynamodb = self.where.client("dynamodb")
+        now = self.clock()
+
+        def item(key: str) -> dict[str, Any]:
+            answer = dynamodb.get_item(
+                TableName=names.state_table, Key={"pk": {"S": key}}, ConsistentRead=True
+            )
+            return dynamo.load(answer.get("Item")) or {}
+
+        for connection in sorted({o.get("connection", "default") for o in organizations.values()}):
+            missing = sorted(
+                scope
+                for scope in (item(f"token#{connection}").get("missing_scopes") or {})
+                if scope.lower().startswith("zohocrm.")
+            )
+            if missing:
+                yield Finding(
+                    "crm",
+                    WARNING,
+                    f"connection {connection} lacks {', '.join(missing)}: its CRM sweeps and "
+                    "notification channels stop (Books imports go on)",
+                    f"{self._connect(connection)} with a grant code that has the CRM scopes",
+                )
+        for organization_id in sorted(organizations):
+            channel = item(f"channel#{organization_id}")
+            if channel.get("status") != "active":
+                continue
+            left = float(channel.get("expires_at") or 0) - now
+            if left <= 0:
+                yield Finding(
+                    "crm",
+                    WARNING,
+                    f"organization {organization_id}'s CRM notification channel lapsed "
+                    f"{int(-left)} s ago",
+                    "nothing if it is minutes: the renewal job re-enables it and sweeps the gap; "
+                    "else see docs/operations.md#crm-channel-renew-failed",
+                )
+            else:
+                yield Finding(
+                    "crm",
+                    OK,
+                    f"organization {organization_id}'s CRM notification channel is live for "
+                    f"{int(left)} s more",
+                )
+        for sync in syncs:
+            org, kind = sync.get("organization_id"), sync.get("kind")
+            last = item(f"sweep#{org}#{kind}").get("last_run") or {}
+            if not last:
+                yield Finding("crm", OK, f"sync {kind} of {org}: no run yet")
+            elif last.get("stopped") in SWEEP_PROBLEMS:
+                yield Finding(
+                    "crm",
+                    WARNING,
+                    f"sync {kind} of {org}: its last run stopped ({last.get('stopped')}): "
+                    f"{last.get('message')}",
+                    f"crm-to-books sync {kind} --org {org} --stack {self.stack.name}; see "
+                    "docs/operations.md#crm-sweep-failed",
+                )
+            else:
+                yield Finding(
+                    "crm",
+                    OK,
+                    f"sync {kind} of {org}: changes before {last.get('checkpoint')} are queued",
                 )
 
     def _keeper_runs(self, keeper: str) -> Iterator[Finding]:

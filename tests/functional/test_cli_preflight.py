@@ -157,7 +157,7 @@ def test_lambda_concurrency_is_weighed_against_the_queues_maximum_concurrency(
     assert f"the queues' pollers may use {pollers}" in concurrency["message"]
     if status != "ok":
         assert "L-B99A9384" in concurrency["action"]
-        assert "to 19 or more" in concurrency["action"]  # 12 pollers + 7 functions
+        assert "to 21 or more" in concurrency["action"]  # 12 pollers + 9 functions
     assert code == (1 if status == "blocking" else 0)
 
 
@@ -455,3 +455,44 @@ def test_denied_checks_are_reported_not_fatal(aws, templates, capsys):
     )
     assert "docs/deploy.md#operator-permissions" in concurrency["action"]
     assert code == 0
+
+
+def test_crm_triggers_report_missing_scopes_lapsed_channels_and_failed_syncs(
+    aws, templates, deployed, capsys
+):
+    for connection in CONFIG["connections"]:
+        connect(connection)
+    token(
+        "main",
+        access_token=SECRET_VALUE,
+        expires_at=time.time() + 3000,
+        missing_scopes={"ZohoCRM.modules.accounts.READ": {"until": time.time() + 900}},
+    )
+    state = client("dynamodb")
+    state.put_item(
+        TableName=NAMES.state_table,
+        Item=dynamo.dump(
+            {"pk": "channel#10234695", "status": "active", "expires_at": time.time() - 120}
+        ),
+    )
+    state.put_item(
+        TableName=NAMES.state_table,
+        Item=dynamo.dump(
+            {
+                "pk": "sweep#10234695#account",
+                "last_run": {"stopped": "scope_missing", "message": "the connection lacks it"},
+            }
+        ),
+    )
+
+    _, report = preflight(templates["create"], capsys=capsys)
+
+    crm = {f["message"]: f for f in found(report, "crm")}
+    scope = next(f for m, f in crm.items() if m.startswith("connection main lacks"))
+    assert "ZohoCRM.modules.accounts.READ" in scope["message"] and scope["status"] == "warning"
+    assert scope["action"].startswith(f"crm-to-books connect --stack {STACK} --connection main")
+    lapsed = next(f for m, f in crm.items() if "channel lapsed" in m)
+    assert lapsed["message"].startswith("organization 10234695's CRM notification channel")
+    sync = next(f for m, f in crm.items() if m.startswith("sync account of 10234695"))
+    assert sync["status"] == "warning" and "scope_missing" in sync["message"]
+    assert sync["action"].startswith(f"crm-to-books sync account --org 10234695 --stack {STACK}")
