@@ -30,6 +30,15 @@ CONFIG: dict[str, Any] = {
             "crm_id": "4000000000123",
         }
     ],
+    "syncs": [
+        {
+            "organization_id": "10234695",
+            "kind": "account",
+            "schedule": "rate(15 minutes)",
+            "filter": {"Account_Type": ["Customer", "Reseller"]},
+            "max_records_per_run": 2000,
+        }
+    ],
     "alarm_email": "ops@example.com",
     "queue_concurrency": 3,
 }

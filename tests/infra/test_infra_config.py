@@ -62,6 +62,40 @@ def test_schedules_name_a_kind_a_configured_organization_and_a_valid_expression(
     assert "used twice" in _error(schedules=[same, same])
 
 
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"kind": "deal"}, "syncs.0.kind: must be one of account, contact, vendor, item"),
+        ({"organization_id": "999"}, "syncs.0.organization_id: '999' is not one of the"),
+        ({"schedule": "every hour"}, "syncs.0.schedule: 'every hour' is not a repeating"),
+        ({"schedule": "at(2030-01-01T00:00:00)"}, "syncs.0.schedule: 'at(2030-01-01T00:00:00)'"),
+        ({"filter": {"Account Type": ["Customer"]}}, "syncs.0.filter.Account Type.[key]"),
+        ({"filter": {"Account_Type": []}}, "syncs.0.filter: Account_Type: give 1 to 100"),
+        ({"filter": {"Modified_Time": ["x"]}}, "Modified_Time: cannot be filtered on"),
+        ({"filter": {f"Field_{i}": ["x"] for i in range(11)}}, "syncs.0.filter: Dictionary"),
+        ({"start": "2025-01-01T00:00:00"}, "syncs.0.start: needs a UTC offset"),
+        ({"start": "soon"}, "syncs.0.start: Input should be a valid datetime"),
+        ({"max_records_per_run": 0}, "syncs.0.max_records_per_run"),
+        ({"max_records_per_run": 100_001}, "syncs.0.max_records_per_run"),
+        ({"limit": 5}, "syncs.0.limit: Extra inputs are not permitted"),
+    ],
+)
+def test_syncs_are_checked_field_by_field(change, said):
+    assert said in _error(syncs=[{**CONFIG["syncs"][0], **change}])
+
+
+def test_a_sync_needs_only_its_organization_kind_and_schedule_and_sweeps_each_pair_once():
+    [sync] = parse_config(
+        {**CONFIG, "syncs": [{"organization_id": "10234695", "kind": "item",
+                              "schedule": "cron(0 * * * ? *)"}]},
+        "t",
+    ).syncs  # fmt: skip
+    assert (sync.filter, sync.start, sync.max_records_per_run) == ({}, None, 5000)
+    same = CONFIG["syncs"][0]
+    message = _error(syncs=[same, {**same, "schedule": "rate(1 hour)"}])
+    assert "syncs.1: account of 10234695 is swept twice" in message
+
+
 def test_unknown_keys_and_bad_values_are_refused():
     assert "colour" in _error(colour="blue")
     assert "api.auth" in _error(api={"auth": "cognito"})

@@ -82,3 +82,31 @@ def test_declared_schedule_sends_its_fixed_request_to_the_kind_queue(synth):
     assert schedule["Target"]["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [dlq, "Arn"]}}
     statements = synth.role_statements(schedule["Target"]["RoleArn"]["Fn::GetAtt"][0])
     assert "sqs:SendMessage" in synth.actions_on(statements, queue)
+
+
+def test_each_sync_and_the_channel_renewal_invoke_the_sweep_function_with_their_input(synth):
+    function_id, props = synth.function(topology.SWEEP)
+    schedules = [
+        p
+        for p in synth.of_type("AWS::Scheduler::Schedule").values()
+        if p["Target"]["Arn"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    ]
+    inputs = {p["ScheduleExpression"]: json.loads(p["Target"]["Input"]) for p in schedules}
+    assert inputs == {
+        f"rate({topology.CHANNEL_RENEW_RATE_MINUTES} minutes)": {"action": "renew_channels"},
+        "rate(15 minutes)": {"action": "sweep", "organization_id": "10234695", "kind": "account"},
+    }
+    for schedule in schedules:
+        statements = synth.role_statements(schedule["Target"]["RoleArn"]["Fn::GetAtt"][0])
+        actions = {a for s in statements for a in synth.as_list(s["Action"])}
+        assert actions == {"lambda:InvokeFunction"}
+        assert schedule["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    # The function knows the sync (its filter and limit) and where channel tokens live.
+    env = props["Environment"]["Variables"]
+    [sync] = json.loads(env["SYNCS"])
+    assert sync["filter"] == {"Account_Type": ["Customer", "Reseller"]}
+    assert sync["max_records_per_run"] == 2000
+    assert env["CHANNEL_SECRET_PREFIX"] == synth.names.channel_secret_prefix
+    assert props["Timeout"] == topology.SWEEP_TIMEOUT_SECONDS
+    for kind in ("account", "contact", "vendor", "item"):  # a token: each kind queue's URL
+        assert synth.queue(synth.names.queue(kind)) in json.dumps(env["QUEUE_URLS"])

@@ -74,6 +74,22 @@ def test_zoho_alarms_watch_the_metrics_the_functions_emit(synth, metric):
     assert alarm["Threshold"] == 1
 
 
+@pytest.mark.parametrize(
+    ("metric", "threshold"),
+    [
+        (topology.METRIC_SWEEP_FAILED, 1),
+        (topology.METRIC_CHANNELS_LAPSED, 1),
+        (topology.METRIC_CHANNEL_RENEW_FAILED, 1),
+        (topology.METRIC_HOOK_REFUSED, 20),  # a burst, not one stray request to a public route
+    ],
+)
+def test_crm_alarms_watch_sweeps_channels_and_the_hook(synth, metric, threshold):
+    alarm = _alarm_watching(synth, MetricName=metric)
+    assert alarm["Namespace"] == topology.METRICS_NAMESPACE
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": topology.SERVICE_NAME}]
+    assert alarm["Statistic"] == "Sum" and alarm["Threshold"] == threshold
+
+
 def test_topic_is_encrypted_refuses_plain_http_and_cloudwatch_may_use_its_key(synth):
     topic_id = _topic(synth)
     topic = synth.of_type("AWS::SNS::Topic")[topic_id]
