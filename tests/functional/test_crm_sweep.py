@@ -4,6 +4,7 @@ runs, 429s or a missing scope."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -230,6 +231,59 @@ def test_two_overlapping_runs_never_both_advance_the_checkpoint(
 
     assert holder.sweeper.store.save(SYNC, Checkpoint()) is False
     assert sweep().found == 0
+
+
+def test_a_run_stops_when_its_time_is_nearly_up_and_the_next_continues(
+    sweep: Callable[..., SweepResult],
+    accounts: list[dict[str, Any]],
+    clock: OffsetClock,
+    aws_world: dict[str, Any],
+) -> None:
+    class SlowSqs:
+        """Each message takes a second of the run's time."""
+
+        real = boto3.client("sqs")
+
+        def send_message(self, **kwargs: Any) -> Any:
+            clock.advance(1.0)
+            return self.real.send_message(**kwargs)
+
+    # 70 s: no page starts with less than 30 s left, and a page of 200 queues about 25.
+    first = sweep(time_limit=70, sqs=SlowSqs())
+
+    assert first.stopped == "time_limit" and not first.complete and not first.failed
+    assert first.found == 400 and first.checkpoint is not None
+    rest = sweep()
+    assert rest.complete and rest.found == 803 - 400
+    on_queue = queued(aws_world["queue_urls"]["account"])
+    assert set(on_queue) == matching(accounts) and set(on_queue.values()) == {1}
+
+
+def test_sweeps_sharing_a_crm_organization_call_it_one_at_a_time(
+    crm: Settings, accounts: list[dict[str, Any]], sandbox: ZohoSandbox
+) -> None:
+    sandbox.crm.create_records("Contacts", [{"Last_Name": f"Bulk {i}"} for i in range(600)])
+    # Zoho would refuse a second call in flight; each call takes a while, so two unguarded
+    # sweeps would overlap.
+    sandbox.crm.configure(max_concurrency=1)
+    sandbox.crm.set_faults(latency_seconds=0.05)
+    results: dict[str, SweepResult] = {}
+
+    def run(kind: str) -> None:  # two containers, the real clock
+        results[kind] = CrmSync(crm).sweeper.run(crm.sync(ORG, kind), time_limit=120)
+
+    threads = [threading.Thread(target=run, args=(kind,)) for kind in ("account", "contact")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert results["account"].complete and results["contact"].complete
+    assert results["account"].found == 803 and results["contact"].found >= 600
+    counters = sandbox.crm.counters()
+    assert counters["max_concurrency_seen"] == 1
+    assert sum(counters["responses_429"].values()) == 0
+    sandbox.crm.clear_faults()
 
 
 def test_a_sweep_waits_out_crm_429s_without_touching_the_books_limit(

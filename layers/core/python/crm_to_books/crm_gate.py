@@ -198,19 +198,20 @@ class CrmGate:
                 if not dynamo.condition_failed(exc):
                     raise
                 held = dynamo.old_item(exc) or {}
-            free_at = max(
-                float(held.get("lease_until") or 0), float(held.get("throttled_until") or 0)
-            )
-            if free_at > deadline:
-                reason = "rate_limited" if held.get("throttled_until") else "busy"
+            throttled_until = float(held.get("throttled_until") or 0)
+            # A holder gives the lease back as its call ends (`lease_until` only bounds one that
+            # died): look again soon. A back-off is waited out whole.
+            wait = max(throttled_until - now, POLL_SECONDS * random.uniform(0.5, 1.5))
+            if now + wait > deadline:
+                throttled = throttled_until > now
                 raise CrmProblem(
-                    reason,
+                    "rate_limited" if throttled else "busy",
                     "Zoho CRM is backing off after a 429"
-                    if reason == "rate_limited"
+                    if throttled
                     else "another caller is using this CRM organization",
-                    retry_after=max(free_at - now, 1.0),
+                    retry_after=max(wait, 1.0),
                 )
-            self._sleep(min(max(free_at - now, POLL_SECONDS), 5.0))
+            self._sleep(min(wait, 5.0))
 
     def _release(self, connection: str, throttles: int | None) -> float:
         """Give the lease back. After a 429 (`throttles`: those in a row before it), everyone
