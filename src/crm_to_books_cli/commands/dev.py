@@ -157,6 +157,8 @@ Try:
   AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws --region us-east-1 \\
     --endpoint-url {aws} sqs send-message \\
     --queue-url {stack.queue_urls["account"]} --message-body '{message}'
+  crm-to-books sync account --org {org} --api-url {api} --aws-endpoint {aws}
+  crm-to-books watch enable --org {org} --api-url {api} --aws-endpoint {aws}
 
 ready in {stack.startup_seconds:.1f} s: Ctrl-C stops everything
 """
