@@ -19,7 +19,7 @@ import boto3
 import pytest
 import requests
 
-from crm_to_books_cli.sandbox import SandboxConfig
+from crm_to_books_cli.sandbox import SandboxConfig, ZohoSandbox
 from tests.e2e.helpers import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -169,3 +169,60 @@ def test_dev_names_the_missing_zoho_variables(dev_env: dict[str, str]) -> None:
     finally:
         dev.kill()
     assert "ZOHO_CLIENT_SECRET, ZOHO_REFRESH_TOKEN, ZOHO_ORGANIZATION_IDS" in dev.output
+
+
+def cli(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A `crm-to-books ...` line of the banner, run as pasted, with `--json`."""
+    return subprocess.run(
+        [str(CLI), *command[1:], "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_dev_against_an_outside_zoho_sweeps_and_watches_its_crm(dev_env: dict[str, str]) -> None:
+    # Given a Zoho-compatible account that is not the stack's own (a sandbox of this test's),
+    # with a CRM account, and `crm-to-books dev` pointed at it by the ZOHO_* variables
+    with ZohoSandbox(port=0) as zoho:
+        organization = zoho.organizations[0]
+        [swept] = zoho.crm.create_records("Accounts", [{"Account_Name": "Outside swept"}])
+        env = dev_env | {
+            "ZOHO_ACCOUNTS_URL": zoho.url,
+            "ZOHO_CLIENT_ID": zoho.client_id,
+            "ZOHO_CLIENT_SECRET": zoho.client_secret,
+            "ZOHO_REFRESH_TOKEN": zoho.refresh_token,
+            "ZOHO_ORGANIZATION_IDS": organization,
+        }
+        dev = Dev("--api-port", "0", "--aws-port", "0", env=env)
+        try:
+            dev.wait_for_line(r"^ready in", timeout=60)
+            sync = shlex.split(dev.wait_for_line(r"^\s*(crm-to-books sync .+)$", 1).group(1))
+            watch = shlex.split(dev.wait_for_line(r"^\s*(crm-to-books watch .+)$", 1).group(1))
+
+            # When the banner's sync runs: the CRM is read at the token's api_domain
+            swept_out = cli(sync, env)
+            # And the banner's watch enable, then a record is created in that CRM
+            watched = cli(watch, env)
+            assert watched.returncode == 0, watched.stderr
+            [notified] = zoho.crm.create_records("Accounts", [{"Account_Name": "Outside notified"}])
+
+            # Then both reach that account's Books, once each, from their own trigger
+            assert swept_out.returncode == 0, swept_out.stderr
+            result = json.loads(swept_out.stdout)
+            assert result["complete"] and result["queued"] >= 1
+            channel = json.loads(watched.stdout)["channel"]
+            assert channel["organization_id"] == organization
+            assert zoho.crm.channels()  # registered at that Zoho, not at a sandbox of dev's
+
+            def in_books() -> bool:
+                made = zoho.counters()["books_records"].get(organization, {}).get("account", {})
+                return made.get(swept["id"]) == 1 and made.get(notified["id"]) == 1
+
+            wait_until(in_books, "the swept and the notified account in Books", timeout=60)
+            dev.process.send_signal(signal.SIGTERM)
+            assert dev.wait(timeout=20) == 0
+        finally:
+            dev.kill()
