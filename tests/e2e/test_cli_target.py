@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from crm_to_books import topology
 from crm_to_books_cli import api_client
 from crm_to_books_cli.local import LocalStack
 from crm_to_books_cli.main import main
@@ -104,6 +105,18 @@ def test_a_deployed_stack_is_found_by_its_outputs_and_requests_are_signed(
     assert main(["failures", "--org", organization_id, "--stack", "e2e-deployed"]) == 0
     out = capsys.readouterr().out
     assert "DLQs: empty" in out or " DLQ: " in out, out
+
+    # And sync and watch invoke the stack's sweep function by its name (Lambda's Invoke API, the
+    # local stack's standing in), a channel posting to the stack's API URL unless told otherwise
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", local_stack.api_url)
+    deployed = ["--org", organization_id, "--stack", "e2e-deployed", "--json"]
+    assert main(["sync", "item", *deployed]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"] is True
+    assert main(["watch", "enable", "--kinds", "item", *deployed]) == 0
+    channel = json.loads(capsys.readouterr().out)["channel"]
+    assert channel["notify_url"] == f"{local_stack.api_url}{topology.HOOK_PATH}"
+    assert main(["watch", "disable", *deployed]) == 0
+    assert json.loads(capsys.readouterr().out)["channel"]["channel_id"] == channel["channel_id"]
 
 
 def test_a_missing_stack_is_one_clear_line(local_stack: LocalStack) -> None:
