@@ -13,6 +13,7 @@ import pytest
 
 from crm_to_books.entities import KINDS
 from crm_to_books_cli import api_client
+from crm_to_books_cli.commands.connect import SCOPES
 from crm_to_books_cli.local import LocalStack
 from crm_to_books_cli.main import main
 from tests.e2e.test_service_imports import (
@@ -265,6 +266,9 @@ def connection_secret(local_stack: LocalStack) -> Iterator[str]:
     before = secrets.get_secret_value(SecretId=secret_id)["SecretString"]
     yield secret_id
     secrets.put_secret_value(SecretId=secret_id, SecretString=before)
+    # As `connect` does: the token keeper drops the shared access token the other refresh token
+    # issued (its scopes are not the restored token's).
+    assert local_stack.fire("token-keeper").ok
 
 
 def test_connect_stores_a_new_refresh_token_and_prints_no_secret(
@@ -275,9 +279,8 @@ def test_connect_stores_a_new_refresh_token_and_prints_no_secret(
     secrets = local_stack.client("secretsmanager")
     secret_id = connection_secret
     before = json.loads(secrets.get_secret_value(SecretId=secret_id)["SecretString"])
-    code = sandbox.issue_grant_code(  # type: ignore[attr-defined]
-        scope="ZohoBooks.contacts.ALL,ZohoBooks.settings.ALL"
-    )
+    # A grant code with the scopes connect names (Books imports, CRM sweeps and channels)
+    code = sandbox.issue_grant_code(scope=",".join(SCOPES))  # type: ignore[attr-defined]
     connect = (
         "connect", "--connection", "default", "--data-centre", sandbox.url,
         "--client-id", sandbox.client_id,
