@@ -47,6 +47,8 @@ def resource_of(arn: str, spec: FunctionSpec, names: Names) -> str:
     if tail.startswith(f"secret:{names.prefix}/connections/"):
         every = Resource.CONNECTIONS_ALL in resources
         return Resource.CONNECTIONS_ALL if every else Resource.CONNECTIONS_USED
+    if tail.startswith(f"secret:{names.channel_secret_prefix}"):
+        return Resource.CHANNEL_SECRETS
     if tail == f"event-bus/{names.event_bus}":
         return Resource.BUS
     if spec.kind and tail == names.queue(spec.kind):

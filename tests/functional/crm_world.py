@@ -17,6 +17,7 @@ from crm_to_books.pipeline import Importer
 from crm_to_books.settings import Organization, Settings, Sync
 from crm_to_books_cli.sandbox import ZohoSandbox
 from tests.functional.conftest import NAMES, ORG
+from tests.support.iam import IMPORTER, InProcess
 
 NO_LIMIT = {"requests_per_minute": 10_000, "daily_limit": 1_000_000, "max_concurrency": 50}
 
@@ -60,9 +61,12 @@ def sources(queue_url: str) -> list[str]:
     return [m["MessageAttributes"]["source"]["StringValue"] for m in got]
 
 
-def import_all(settings: Settings, kind: str, crm_ids: Iterable[str], org: str = ORG) -> None:
-    """Import each message's id as the kind's function would, four containers at a time; a
-    message told to retry later comes back (as from the queue) until it is done."""
+def import_all(
+    iam: InProcess, settings: Settings, kind: str, crm_ids: Iterable[str], org: str = ORG
+) -> None:
+    """Import each message's id as the kind's function would (with its role: `iam`, the test's
+    fixture), four containers at a time; a message told to retry later comes back (as from the
+    queue) until it is done."""
     local = threading.local()
 
     def one(crm_id: str) -> tuple[str, str]:
@@ -73,7 +77,7 @@ def import_all(settings: Settings, kind: str, crm_ids: Iterable[str], org: str =
 
     todo = list(crm_ids)
     for _ in range(10):
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with iam.playing(IMPORTER), ThreadPoolExecutor(max_workers=4) as pool:
             results = list(pool.map(one, todo))
         assert {r for _, r in results} <= {"imported", "already_imported", "retry_later"}
         todo = [crm_id for crm_id, r in results if r == "retry_later"]

@@ -21,11 +21,17 @@ from crm_to_books.zoho import ZohoClient
 from crm_to_books_cli.sandbox import ZohoSandbox
 from tests.functional.conftest import ORG, OffsetClock, put_connection
 from tests.functional.crm_world import books_records, crm_settings, import_all, queued, sources
+from tests.support.iam import InProcess
 
 CUSTOMERS = {"Account_Type": ("Customer", "Reseller")}
 # One bulk account in eight is a customer (the seeded three: a customer, a reseller, a prospect).
 TYPES = ("Customer", "Prospect", "Partner", "Investor", "Press", "Analyst", "Competitor", "Other")
 SYNC = Sync(organization_id=ORG, kind="account", filter=CUSTOMERS)
+
+
+# The engine here is the sweep function's (the hook's calls go through its handler, imports
+# through crm_world.import_all): each call is checked against that function's role.
+pytestmark = pytest.mark.iam(plays="sweep")
 
 
 class Killed(BaseException):
@@ -88,6 +94,7 @@ def test_a_sweep_queues_each_matching_record_once_and_a_second_run_queues_nothin
     crm: Settings,
     sandbox: ZohoSandbox,
     aws_world: dict[str, Any],
+    iam: InProcess,
 ) -> None:
     accounts = create_accounts(sandbox, 3000)
     wanted = matching(accounts)
@@ -106,7 +113,7 @@ def test_a_sweep_queues_each_matching_record_once_and_a_second_run_queues_nothin
     on_queue = queued(aws_world["queue_urls"]["account"])
     assert set(on_queue) == wanted and set(on_queue.values()) == {1}
     # Every import goes through the kind's queue: imported once each, as the function would.
-    import_all(crm, "account", on_queue)
+    import_all(iam, crm, "account", on_queue)
     made = books_records(sandbox, "account")
     assert set(made) == wanted and set(made.values()) == {1}
 
@@ -150,6 +157,7 @@ def test_a_sweep_killed_mid_run_resumes_without_gaps_and_imports_nothing_twice(
     sandbox: ZohoSandbox,
     clock: OffsetClock,
     aws_world: dict[str, Any],
+    iam: InProcess,
 ) -> None:
     with pytest.raises(Killed):
         sweep(sqs=KillingSqs(after=60))  # dies in its third page, holding the lease
@@ -164,7 +172,7 @@ def test_a_sweep_killed_mid_run_resumes_without_gaps_and_imports_nothing_twice(
     assert set(on_queue) == matching(accounts)  # no gap
     sent_twice = [crm_id for crm_id, n in on_queue.items() if n > 1]
     assert len(sent_twice) <= 25  # at most the page in flight when it died (25 customers)
-    import_all(crm, "account", list(on_queue.elements()))
+    import_all(iam, crm, "account", list(on_queue.elements()))
     made = books_records(sandbox, "account")
     assert set(made.values()) == {1}  # no duplicate in Books
     assert sandbox.counters()["duplicates"] == 0
