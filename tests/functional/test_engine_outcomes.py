@@ -14,7 +14,7 @@ from crm_to_books.models import ImportRequest, Status
 from crm_to_books.pipeline import Importer
 from crm_to_books_cli.sandbox import ZohoSandbox
 from crm_to_books_cli.sandbox.testing import token_request
-from tests.functional.conftest import ACCOUNTS_ONLY_ORG, NAMES, ORG
+from tests.functional.conftest import ACCOUNTS_ONLY_ORG, NAMES, ORG, OffsetClock
 
 
 def request(kind: str, crm_id: str, org: str = ORG, **extra: Any) -> ImportRequest:
@@ -195,8 +195,12 @@ def test_zoho_per_minute_throttling_backs_off_and_blocks_the_organization(
 
 
 def test_zoho_daily_cap_parks_imports_until_the_reset(
-    sandbox: ZohoSandbox, new_importer: Callable[..., Importer]
+    sandbox: ZohoSandbox, new_importer: Callable[..., Importer], clock: OffsetClock
 ) -> None:
+    # The engine's clock at noon UTC: the reset (next UTC midnight) is hours away whenever the
+    # test runs (within 15 minutes of it, a delayed message would rightly hold it, not a park).
+    now = clock()
+    clock.advance(now - now % 86400 + 43200 - now)
     sandbox.set_limits(ORG, daily_limit=1)
     importer = new_importer()
     importer.run(request("vendor", sandbox.crm_ids["vendor"][0]))
@@ -206,7 +210,7 @@ def test_zoho_daily_cap_parks_imports_until_the_reset(
     assert outcome.result == "retry_later" and outcome.parked
     assert outcome.record.parked and outcome.record.next_attempt_at
     assert outcome.record.last_error and outcome.record.last_error.zoho_code == 45
-    assert outcome.retry_after and outcome.retry_after > 60
+    assert outcome.retry_after and 43000 < outcome.retry_after <= 43200
 
 
 def test_zoho_concurrency_refusal_retries_soon(
