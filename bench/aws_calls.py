@@ -106,12 +106,10 @@ def run(options: Options) -> Report:
     report.notes.append(f"first-time: {_describe(first_calls, first_fail)}")
     report.notes.append(f"already imported: {_describe(again_calls, {})}")
     report.notes.append(f"cold container: {_describe(dict(cold), dict(cold_failed))}")
-    if first_fail.get("dynamodb:PutItem"):
+    if first_fail.get("dynamodb:UpdateItem"):
         report.notes.append(
-            "the extra PutItem is the limiter's acquire failing its version condition: the "
-            "permit's release rides in the ledger transaction and bumps the limiter item's "
-            "version, but the container's snapshot (RateLimiter._known) is not updated, so the "
-            "next acquire in the same container always starts from a stale version"
+            "a failed UpdateItem is the limiter's acquire losing its slot or seat: alone in one "
+            "container, its view of the limiter item (RateLimiter._known) is out of step"
         )
     report.details = {
         "imports": n,

@@ -19,7 +19,7 @@ from typing import Any
 from bench import aws_calls
 from bench.core import ZOHO_LATENCY_SECONDS, Options, Report
 from crm_to_books import topology
-from crm_to_books.limiter import LEASE_ID_LENGTH, stamp
+from crm_to_books.limiter import rate_slot, seat, stamp
 
 # USD, us-east-1 list prices (aws.amazon.com/<service>/pricing), first pricing tier.
 LAMBDA_ARM64_GB_SECOND = 0.0000133334
@@ -65,14 +65,13 @@ def _value_size(value: dict[str, Any]) -> int:
 
 def limiter_at_limit(item: dict[str, Any], max_concurrency: int = 10) -> dict[str, Any]:
     """The limiter item of an organization at Zoho's 100 calls a minute with `max_concurrency`
-    in flight: its heaviest. Stamps and lease ids as the limiter writes them."""
+    in flight: its heaviest. One stamp per rate slot and seat, as the limiter writes them."""
     now = 1_795_629_841.37
-    calls = [{"N": str(stamp(now - 0.59 * n))} for n in range(LIMITER_CALLS_AT_LIMIT)]
-    leases = {
-        f"{n:0{LEASE_ID_LENGTH}x}": {"N": str(stamp(now + 40 - 0.37 * n))}
-        for n in range(max_concurrency)
+    slots = {
+        rate_slot(k): {"N": str(stamp(now + 60 - 0.59 * k))} for k in range(LIMITER_CALLS_AT_LIMIT)
     }
-    return item | {"calls": {"L": calls}, "inflight": {"M": leases}}
+    seats = {seat(j): {"N": str(stamp(now + 40 - 0.37 * j))} for j in range(max_concurrency)}
+    return item | slots | seats
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +90,9 @@ def _dynamodb(calls: dict[str, float], ledger: int, limiter: int) -> tuple[float
     failed conditions included; transactions bill twice."""
     ledger_kb, limiter_kb = math.ceil(ledger / 1024), math.ceil(limiter / 1024)
     wru_of = {
-        "dynamodb:UpdateItem": ledger_kb,  # ledger begin (or an imported record's failed begin)
-        "dynamodb:PutItem": limiter_kb,  # limiter permit
+        # ledger begin (or an imported record's failed begin), limiter permit: both under 1 KB
+        "dynamodb:UpdateItem": max(ledger_kb, limiter_kb),
+        "dynamodb:PutItem": limiter_kb,  # the limiter item written anew (a new organization)
         "dynamodb:TransactWriteItems": 2 * (ledger_kb + limiter_kb),  # record + permit release
     }
     wru = sum(n * wru_of[op] for op, n in calls.items() if op in wru_of)

@@ -324,7 +324,8 @@ def test_the_hot_path_makes_four_aws_calls_and_an_already_imported_record_one(
     calls.clear()
     importer.run(request("account", sandbox.crm_ids["account"][1]))
 
-    assert sorted(first_time) == ["PutEvents", "PutItem", "TransactWriteItems", "UpdateItem"]
+    # ledger begin, limiter permit (an UpdateItem on its slot and seat), record + release, event
+    assert sorted(first_time) == ["PutEvents", "TransactWriteItems", "UpdateItem", "UpdateItem"]
     assert calls == ["UpdateItem"]
 
 

@@ -421,12 +421,14 @@ class Attempt:
     def _permit(self, run: _Run) -> Permit:
         organization_id = run.request.organization_id
         got = self.limiter.acquire(organization_id, run.org)
-        if isinstance(got, Denied) and got.retry_after <= SHORT_WAIT_SECONDS and not got.parks:
-            # A slot frees within a second: one short wait here beats a trip through the
+        if isinstance(got, Denied) and got.retry_after <= SHORT_WAIT_SECONDS and got.brief:
+            # A seat frees within a second: one short wait here beats a trip through the
             # queue, whose delays come in whole seconds (and Retry-After too). Once, no spin.
             self._sleep(got.retry_after)
             got = self.limiter.acquire(organization_id, run.org)
         if isinstance(got, Permit):
+            if got.start_at > self._clock():  # its slot frees within a second: wait for it
+                self._sleep(got.start_at - self._clock())
             return got
         raise _Stop(self._denied(run, got), rate_limited=True)
 

@@ -1,23 +1,46 @@
 """Per-organization rate limiter shared by every function and container (DynamoDB).
 
-One item per organization holds the calls in flight (leases with an expiry, so a killed
-container cannot hold a slot forever), a sliding log of finished calls stamped with the time
-they *finished*, the day's count and a park time. A call counts against the window from its
-permit until one window after it finished: Zoho sees it arrive somewhere in between, so no
-delay between permit and arrival can put more than the limit in any span Zoho measures.
-Every change is a conditional write on a version number, so concurrent containers never both
-take the last slot. A permit is needed for every Zoho Books call, look-ups included.
+One item per organization (nothing shared between organizations) holds *slots*:
 
-Guarantees: at most `requests_per_minute` calls started in any `window` span, at most
-`max_concurrency` in flight, at most `daily_limit` per UTC day.
+- `r{k}`, k < `requests_per_minute`: rate slots. A call takes one for its whole span: the slot
+  reads "busy until its lease ends, plus a window" while the call is in flight, and "busy until
+  the call finished, plus a window" once it is released. A call counts against the window from
+  its permit until one window after it finished: Zoho sees it arrive somewhere in between, so
+  no delay between permit and arrival can put more than the limit in any span Zoho measures
+  (two of any `limit + 1` calls share a slot, and a slot's next call starts a window after the
+  last one finished). A container that died mid-call holds its slot until its lease ended,
+  plus a window.
+- `c{j}`, j < `max_concurrency`: seats, busy until the call's lease ends or it is released.
+- `day` and `day_count` (the UTC day's calls), `parked_until` (Zoho said stop).
+
+A permit is one `UpdateItem` whose condition is about the slot and seat it takes, the day's
+count and the park, never about the rest of the item: containers taking different slots at once
+do not conflict (a version number on the whole item made every concurrent acquire but one fail,
+which under contention cost more calls than the imports themselves). The update returns the
+item, so each container keeps a recent view of it; a release (riding in the ledger's
+transaction) is an unconditional update of the container's own slot and seat.
+
+Denials say when to come back, never "try again soon": a rate slot's next free time is known
+exactly (a finished call's stamp never changes until the slot is taken again), so a denial picks
+one of the next slots to free, at random among them (denied containers spread over the slots
+instead of colliding on the first), and says a whole number of seconds (queue delays are whole
+seconds) that lands at most `AHEAD_SECONDS` before it. A container that comes back then takes a
+permit for a slot that frees within `AHEAD_SECONDS` and waits for it in process (`Permit.start_at`),
+so a freed slot is used when it frees. A view showing every slot busy proves a denial without a
+read: busy rate slots only ever become busy for less, never free, until their time.
+
+Guarantees (each atomic in DynamoDB's condition): at most `requests_per_minute` calls in any
+`window` span that Zoho measures, by arrival, whatever the containers' clocks disagree by up to
+`SKEW_SECONDS`; at most `max_concurrency` in flight; at most `daily_limit` per UTC day; nobody
+calls while the organization is parked. A dead container's permit counts until its lease ends
+(its rate slot one window longer).
 
 Times in the item are compact, so that at Zoho's 100 calls a minute with 10 in flight it stays
 under 1 KB (one write unit instead of two, on every write of every import): whole centiseconds,
 rounded up (a call never counts for less than it did), modulo 10^8 (about 11.6 days), read back
-as the latest such time not more than an hour ahead of this container's clock. 8 digits, not 13.
-An item last acquired before yesterday (UTC) is read as empty: nothing in it can still count,
-and its stamps could have wrapped. A lease that ran out (its container died mid-call) counts on
-as a call that finished when the lease ended: Zoho counts it from whenever it arrived.
+as the latest such time not more than an hour ahead of this container's clock; a condition
+compares them the same way. An item last used before yesterday (UTC) is read as empty (its
+stamps could have wrapped) and is written anew.
 """
 
 from __future__ import annotations
@@ -25,7 +48,6 @@ from __future__ import annotations
 import math
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,10 +58,14 @@ from botocore.exceptions import ClientError
 from crm_to_books import dynamo
 from crm_to_books.settings import Organization
 
-MAX_CONTENTION_RETRIES = 12
+MAX_TRIES = 8  # conditional writes lost to another container taking the same slot or seat
 STAMP_MODULUS = 10**8  # centiseconds: about 11.6 days
 STAMP_AHEAD = 3_600 * 100  # a stamp up to an hour ahead of this clock is read as the future
-LEASE_ID_LENGTH = 8  # hex: unique enough among one organization's calls in flight
+AHEAD_SECONDS = 1.0  # a permit may start this far ahead: queue delays come in whole seconds
+# Two containers' clocks may disagree by this much: each within 50 ms of the true time (Lambda
+# keeps them much closer), and 20 ms for rounding. It costs 0.2% of a 60 s window.
+SKEW_SECONDS = 0.12
+HOLD_GUESS_SECONDS = 1.0  # a call's permit-to-release time before this container saw one
 
 
 def stamp(t: float) -> int:
@@ -55,10 +81,21 @@ def unstamp(value: float, now: float) -> float:
     return (ahead - (ahead - int(value)) % STAMP_MODULUS) / 100
 
 
+def rate_slot(k: int) -> str:
+    return f"r{k}"
+
+
+def seat(j: int) -> str:
+    return f"c{j}"
+
+
 @dataclass(frozen=True, slots=True)
 class Permit:
     organization_id: str
-    lease_id: str
+    slot: int  # rate slot r{slot}
+    seat: int  # concurrency seat c{seat}
+    start_at: float = 0.0  # the call may not start before this (epoch seconds)
+    granted_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +108,13 @@ class Denied:
     def parks(self) -> bool:
         """Long waits are parked in the ledger instead of held by a queue message."""
         return self.reason == "daily"
+
+    @property
+    def brief(self) -> bool:
+        """Worth a short wait in process: a seat or a lost race. A rate slot that frees within
+        `AHEAD_SECONDS` is granted as a permit that starts then, so a per-minute denial is for
+        longer, and waiting for it in process would only hold the container."""
+        return self.reason in ("concurrency", "contention")
 
 
 class RateLimiter:
@@ -89,8 +133,18 @@ class RateLimiter:
         self._client = client
         self._clock = clock
         self._sleep = sleep
-        self._known: dict[str, dict[str, Any]] = {}  # last item seen per organization
-        self._releasing: dict[str, float] = {}  # lease id -> finish stamp, until written
+        # The item as last seen per organization, and when DynamoDB returned it.
+        self._known: dict[str, tuple[dict[str, Any], float]] = {}
+        self._releasing: dict[Permit, float] = {}  # permit -> its finish, until written
+        self._hold = HOLD_GUESS_SECONDS  # how long a call holds its seat, as seen here
+        # Per organization, the slot the last denial aimed this container at and the seat it
+        # held last: tried first, since others aim elsewhere and sit elsewhere.
+        self._mine: dict[str, tuple[int | None, int | None]] = {}
+        # Per organization, among how many of the next slots to free a denial picks the one to
+        # come back for: as many as run at once, doubled each time this container lost a race
+        # (a slot taken first, or denied again when it came back), halved when it won one. Many
+        # containers waiting spread over more slots instead of colliding on the first few.
+        self._spread: dict[str, int] = {}
 
     @property
     def client(self) -> Any:
@@ -105,93 +159,136 @@ class RateLimiter:
         return {"pk": {"S": f"limiter#{organization_id}"}}
 
     def acquire(self, organization_id: str, org: Organization) -> Permit | Denied:
-        for attempt in range(MAX_CONTENTION_RETRIES):
-            item = self._known.get(organization_id)
-            fresh = item is None
-            if item is None:
-                item = self._read(organization_id)
+        fresh = False  # the view was read during this acquire
+        for _ in range(MAX_TRIES):
+            if organization_id not in self._known:
+                self._known[organization_id] = (self._read(organization_id), self._clock())
+                fresh = True
+            item, seen = self._known[organization_id]
             now = self._clock()
-            state = _State.of(item, now, self._window)
-            denied = state.check(org, now, self._window)
-            if denied is not None and not fresh:
-                # A snapshot can be stale (others released slots): deny only on a fresh read.
-                item = self._read(organization_id)
-                state = _State.of(item, now, self._window)
-                denied = state.check(org, now, self._window)
-            if denied is not None:
-                self._known[organization_id] = item
-                return denied
-            lease_id = uuid.uuid4().hex[:LEASE_ID_LENGTH]
-            new = state.taken(organization_id, lease_id, now, now + self._lease)
-            try:
-                self.client.put_item(
-                    TableName=self._table,
-                    Item=dynamo.dump(new),
-                    ConditionExpression="attribute_not_exists(pk) OR v = :v",
-                    ExpressionAttributeValues=dynamo.dump_values({":v": state.version}),
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            view = _View.of(item, now, self._window, seen, self._lease, self._hold)
+            mine = self._mine.get(organization_id)
+            spread = self._spread.get(organization_id, org.max_concurrency)
+            plan = view.plan(org, now, self._lease, self._hold, mine, spread)
+            if isinstance(plan, tuple) and isinstance(plan[0], Denied):
+                denied, aim = plan
+                if mine is not None and mine[0] is not None:  # came back and lost its slot
+                    self._widen(organization_id, org)
+                self._mine[organization_id] = (
+                    aim,
+                    self._mine.get(organization_id, (None, None))[1],
                 )
+                plan = denied
+            if isinstance(plan, Denied):
+                if not fresh and not view.proves(plan, now):
+                    # Seats free when calls are released, and a view older than a window may
+                    # hide released calls whose slots are free: look before saying no.
+                    self._known.pop(organization_id)
+                    continue
+                return plan
+            slot, chair, start = plan
+            try:
+                taken = self._take(organization_id, org, view, slot, chair, now, start)
             except ClientError as exc:
                 if not dynamo.condition_failed(exc):
                     raise
-                # Someone else changed it: start again from what DynamoDB says it is now.
-                self._known[organization_id] = dynamo.old_item(exc) or {}
-                self._sleep(random.uniform(0, 0.01 * (attempt + 1)))
+                # Someone took that slot or seat first: start again from the item as it is now.
+                self._known[organization_id] = (dynamo.old_item(exc) or {}, self._clock())
+                self._widen(organization_id, org)
+                fresh = True
                 continue
-            self._known[organization_id] = new
-            return Permit(organization_id, lease_id)
-        return Denied(0.5, "contention", self._clock() + 0.5)
+            self._known[organization_id] = (taken, now)
+            self._mine[organization_id] = (None, chair)
+            self._spread[organization_id] = max(org.max_concurrency, spread // 2)
+            return Permit(organization_id, slot, chair, start_at=start, granted_at=now)
+        wait = random.uniform(0.2, 1.0)
+        return Denied(wait, "contention", self._clock() + wait)
+
+    def _widen(self, organization_id: str, org: Organization) -> None:
+        spread = self._spread.get(organization_id, org.max_concurrency)
+        self._spread[organization_id] = min(org.requests_per_minute, 2 * spread)
+
+    def _take(
+        self,
+        organization_id: str,
+        org: Organization,
+        view: _View,
+        slot: int,
+        chair: int,
+        now: float,
+        start: float,
+    ) -> dict[str, Any]:
+        """One conditional write; the item as it is after it."""
+        if view.renew:
+            item, condition = view.renewal(
+                organization_id, slot, chair, start, self._lease, self._window
+            )
+            self.client.put_item(
+                TableName=self._table,
+                Item=dynamo.dump(item),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **condition,
+            )
+            return {k: v for k, v in item.items() if v is not None}
+        answer = self.client.update_item(
+            TableName=self._table,
+            Key=self.key(organization_id),
+            ReturnValues="ALL_NEW",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            **view.take(org, slot, chair, now, start, self._lease, self._window),
+        )
+        return dynamo.load(answer.get("Attributes")) or {}
 
     def release_update(self, permit: Permit) -> dict[str, Any]:
         """The release as a TransactWriteItems `Update`, to ride along the ledger write."""
-        done = stamp(self._clock())
-        self._releasing[permit.lease_id] = done
+        now = self._clock()
+        self._releasing[permit] = now
         return {
             "Update": {
                 "TableName": self._table,
                 "Key": self.key(permit.organization_id),
-                "UpdateExpression": "REMOVE inflight.#l "
-                "SET calls = list_append(if_not_exists(calls, :none), :done) ADD v :one",
-                "ExpressionAttributeNames": {"#l": permit.lease_id},
+                "UpdateExpression": "SET #r = :free REMOVE #c",
+                "ExpressionAttributeNames": {"#r": rate_slot(permit.slot), "#c": seat(permit.seat)},
                 "ExpressionAttributeValues": dynamo.dump_values(
-                    {":one": 1, ":none": [], ":done": [done]}
+                    {":free": stamp(now + self._window + SKEW_SECONDS)}
                 ),
             }
         }
 
     def released(self, permit: Permit) -> None:
         """The release was written (with the ledger's transaction): bring this container's
-        snapshot in step, so its next acquire is one call instead of a failed one and a retry.
-        Had anyone else written in between, the version check catches it as usual."""
-        done = self._releasing.pop(permit.lease_id, None)
-        known = self._known.get(permit.organization_id)
-        if done is None or known is None:
+        view in step, so that its next acquire knows its own slot and seat are free."""
+        done = self._releasing.pop(permit, None)
+        if done is None:
             return
-        inflight = {k: v for k, v in (known.get("inflight") or {}).items() if k != permit.lease_id}
-        self._known[permit.organization_id] = {
-            **known,
-            "inflight": inflight,
-            "calls": [*known.get("calls", []), done],
-            "v": int(known.get("v", 0)) + 1,
-        }
+        start = max(permit.start_at, permit.granted_at)
+        if start:
+            self._hold = 0.8 * self._hold + 0.2 * max(done - start, 0.0)
+        known = self._known.get(permit.organization_id)
+        if known is None:
+            return
+        item, seen = known
+        updated = {k: v for k, v in item.items() if k != seat(permit.seat)}
+        updated[rate_slot(permit.slot)] = stamp(done + self._window + SKEW_SECONDS)
+        self._known[permit.organization_id] = (updated, seen)
 
     def release(self, permit: Permit) -> None:
         update = self.release_update(permit)["Update"]
         update.pop("TableName")
         self.client.update_item(TableName=self._table, **update)
-        self._known.pop(permit.organization_id, None)
+        self.released(permit)
 
     def block(self, organization_id: str, until: float, reason: str) -> None:
-        """Zoho said stop (429): nobody calls for this organization until `until`."""
+        """Zoho said stop (429): nobody calls for this organization until `until` (by any
+        container's clock)."""
+        until += SKEW_SECONDS
         try:
             self.client.update_item(
                 TableName=self._table,
                 Key=self.key(organization_id),
-                UpdateExpression="SET parked_until = :u, park_reason = :r ADD v :one",
+                UpdateExpression="SET parked_until = :u, park_reason = :r",
                 ConditionExpression="attribute_not_exists(parked_until) OR parked_until < :u",
-                ExpressionAttributeValues=dynamo.dump_values(
-                    {":u": until, ":r": reason, ":one": 1}
-                ),
+                ExpressionAttributeValues=dynamo.dump_values({":u": until, ":r": reason}),
             )
         except ClientError as exc:
             if not dynamo.condition_failed(exc):
@@ -207,13 +304,13 @@ class RateLimiter:
     def snapshot(self, organization_id: str) -> dict[str, Any]:
         """Current usage, for status and benchmarks."""
         now = self._clock()
-        state = _State.of(self._read(organization_id), now, self._window)
+        view = _View.of(self._read(organization_id), now, self._window, now, self._lease, 0.0)
         return {
-            "calls_in_window": len(state.calls),
-            "in_flight": len(state.inflight),
-            "day": state.day,
-            "day_count": state.day_count,
-            "parked_until": state.parked_until or None,
+            "calls_in_window": sum(1 for t in view.slots.values() if t > now),
+            "in_flight": sum(1 for t in view.seats.values() if t > now),
+            "day": view.today,
+            "day_count": view.day_count,
+            "parked_until": view.parked_until or None,
         }
 
 
@@ -222,70 +319,237 @@ def next_utc_midnight(now: float) -> float:
     return datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC).timestamp()
 
 
+def _days(now: float) -> tuple[str, str]:
+    date = datetime.fromtimestamp(now, UTC).date()
+    return date.isoformat(), (date - timedelta(days=1)).isoformat()
+
+
 @dataclass(slots=True)
-class _State:
-    calls: list[float]
-    inflight: dict[str, float]
-    day: str
+class _View:
+    """The item as one container sees it at `now`: when each slot and seat is free."""
+
+    slots: dict[int, float]  # rate slot -> free from (epoch seconds)
+    seats: dict[int, float]  # seat -> free from (its lease's end)
+    today: str
+    day: str | None  # the day the item counts, as stored
     day_count: int
     parked_until: float
     park_reason: str
-    version: int
+    renew: bool  # to be written anew: absent, last used before yesterday, or of the old layout
+    raw: dict[str, Any]
+    seen: float  # when DynamoDB returned it
+    window: float
+    expected: dict[int, float]  # rate slot -> when it should be free (a call in flight: a guess)
 
     @classmethod
-    def of(cls, item: dict[str, Any], now: float, window: float) -> _State:
-        date = datetime.fromtimestamp(now, UTC).date()
-        today = date.isoformat()
-        same_day = item.get("day") == today
-        stale = str(item.get("day") or today) < (date - timedelta(days=1)).isoformat()
-        stamps = [] if stale else [unstamp(v, now) for v in item.get("calls", [])]
-        leases = (
-            {} if stale else {k: unstamp(v, now) for k, v in (item.get("inflight") or {}).items()}
-        )
-        ended = [t for t in leases.values() if t <= now]  # died mid-call: count it as finished
+    def of(
+        cls,
+        item: dict[str, Any],
+        now: float,
+        window: float,
+        seen: float,
+        lease: float,
+        hold: float,
+    ) -> _View:
+        today, yesterday = _days(now)
+        day = str(item.get("day") or "")
+        old_layout = "v" in item  # the version-numbered item of before: carry its calls over
+        renew = not item or day < yesterday or old_layout
+        slots: dict[int, float] = {}
+        seats: dict[int, float] = {}
+        if old_layout and day >= yesterday:
+            leases = [unstamp(v, now) for v in (item.get("inflight") or {}).values()]
+            finished = [unstamp(v, now) for v in item.get("calls", [])]
+            frees = [t + window + SKEW_SECONDS for t in (*finished, *leases)]
+            slots = dict(enumerate(sorted(t for t in frees if t > now)))
+            seats = dict(enumerate(t for t in leases if t > now))
+        elif not renew:
+            for name, value in item.items():
+                if name[:1] in ("r", "c") and name[1:].isdigit():
+                    (slots if name[0] == "r" else seats)[int(name[1:])] = unstamp(value, now)
+        # A slot busy for longer than a window after the view was taken holds a call that was in
+        # flight then: it frees a window after that call ends, about `hold` after it started.
+        counted = window + SKEW_SECONDS
+        expected = {
+            k: t if t <= seen + counted else min(t, max(t - lease - counted + hold, seen) + counted)
+            for k, t in slots.items()
+        }
         return cls(
-            calls=[t for t in (*stamps, *ended) if t > now - window],
-            inflight={k: t for k, t in leases.items() if t > now},
-            day=today,
-            day_count=int(item.get("day_count", 0)) if same_day else 0,
+            slots=slots,
+            seats=seats,
+            today=today,
+            day=day or None,
+            day_count=int(item.get("day_count", 0)) if day == today else 0,
             parked_until=float(item.get("parked_until") or 0),
             park_reason=str(item.get("park_reason") or ""),
-            version=int(item.get("v", 0)),
+            renew=renew,
+            raw=item,
+            seen=seen,
+            window=window,
+            expected=expected,
         )
 
-    def check(self, org: Organization, now: float, window: float) -> Denied | None:
+    def proves(self, denied: Denied, now: float) -> bool:
+        """Whether this view, not read just now, is enough to say no: a park and the day's
+        count only grow; a rate slot busy in it stays busy for at least a window after it was
+        seen (a call in flight then is released later); a busy seat may be free already."""
+        if denied.reason == "per_minute":
+            return now - self.seen < self.window
+        return denied.reason != "concurrency"
+
+    def plan(
+        self,
+        org: Organization,
+        now: float,
+        lease: float,
+        hold: float,
+        mine: tuple[int | None, int | None] | None = None,
+        spread: int = 0,
+    ) -> tuple[int, int, float] | tuple[Denied, int] | Denied:
+        """The slot, seat and start time to take, or why not and when to come back (with the
+        slot aimed at, one of the next `spread` to free). `mine`: the slot and seat to take
+        first if they are free."""
         if self.parked_until > now:
             reason = "daily" if self.park_reason == "daily" else "blocked"
             return Denied(self.parked_until - now, reason, self.parked_until)
         if self.day_count >= org.daily_limit:
             until = next_utc_midnight(now)
             return Denied(until - now, "daily", until)
-        if len(self.calls) + len(self.inflight) >= org.requests_per_minute:
-            if not self.calls:  # the whole budget is in flight: wait for calls to finish
-                wait = random.uniform(0.2, 1.0)
-                return Denied(wait, "per_minute", now + wait)
-            # Spread the waiters a little: all pointed at the same instant, they would all
-            # collide on this one item when the oldest call leaves the window.
-            until = min(self.calls) + window + random.uniform(0, min(1.0, 0.02 * window))
-            return Denied(max(until - now, 0.01), "per_minute", until)
-        if len(self.inflight) >= org.max_concurrency:
-            wait = min(min(self.inflight.values()) - now, random.uniform(0.2, 1.0))
-            return Denied(max(wait, 0.05), "concurrency", now + wait)
-        return None
+        rpm, cap = org.requests_per_minute, org.max_concurrency
+        busy = sorted(t for t in self.slots.values() if t > now)
+        lowered = any(k >= rpm for k, t in self.slots.items() if t > now)
+        if lowered and len(busy) >= rpm:  # the limit was lowered while calls still counted
+            soonest = sorted(t for k, t in self.expected.items() if t > now)
+            return _come_back(soonest[: len(busy) - rpm + 1], now)[0]
+        # Slots free now; those the item already has before new ones, so that it stays as
+        # small as a window's calls need.
+        span = min(rpm, len(self.slots) + 4 * cap)
+        free = [k for k in range(span) if self.slots.get(k, 0.0) <= now]
+        if not free:
+            upcoming = sorted((t, k) for k, t in self.slots.items() if k < rpm)
+            soon = [k for t, k in upcoming if t - now <= AHEAD_SECONDS]
+            if not soon:
+                # Back when one of the next slots frees, at least as many as can run at once:
+                # those who come keep every seat busy and take the slots that free after
+                # theirs, one after the other, as the calls before them did.
+                first = sorted((self.expected[k], k) for _, k in upcoming)[: max(cap, spread)]
+                return _come_back([t for t, _ in first], now, first)
+            free = soon  # a permit for a slot that frees within a second: the caller waits
+        seats = [j for j in range(cap) if self.seats.get(j, 0.0) <= now]
+        if not seats:
+            # When a seat frees is only known once its call is released: come back about when
+            # the oldest call should be done, spread so that the denied do not all collide.
+            leases = [t for j, t in self.seats.items() if j < cap]
+            guess = max(min(leases) - lease + hold - now, 0.05) * random.uniform(1.0, 1.5)
+            wait = min(guess, min(leases) - now)  # a seat is free by its lease's end anyway
+            return Denied(wait, "concurrency", now + wait)
+        aim, sat = mine or (None, None)
+        # Not the first free one: others with the same view would take it too.
+        slot = aim if aim in free else random.choice(free)
+        chair = sat if sat in seats else random.choice(seats)
+        return slot, chair, max(now, self.slots.get(slot, 0.0))
 
-    def taken(
-        self, organization_id: str, lease_id: str, now: float, lease_until: float
+    def take(
+        self,
+        org: Organization,
+        slot: int,
+        chair: int,
+        now: float,
+        start: float,
+        lease: float,
+        window: float,
     ) -> dict[str, Any]:
+        """`UpdateItem` arguments taking `slot` (free at `start`) and `chair` (free now), if the
+        day's count allows one more and the organization is not parked."""
+        lease_end = start + lease
+        names = {"#r": rate_slot(slot), "#c": seat(chair), "#day": "day"}
+        values: dict[str, Any] = {
+            ":busy": stamp(lease_end + window + SKEW_SECONDS),
+            ":lease": stamp(lease_end),
+            ":today": self.today,
+            ":one": 1,
+            ":now": now,
+        }
+        conditions = [
+            "(attribute_not_exists(parked_until) OR parked_until <= :now)",
+            _free("#r", ":r", start, values),
+            _free("#c", ":c", now, values),
+        ]
+        if self.day == self.today:
+            conditions.append("#day = :today AND day_count < :daily")
+            values[":daily"] = org.daily_limit
+            expression = "SET #r = :busy, #c = :lease ADD day_count :one"
+        else:  # the first call of a new UTC day
+            conditions.append("#day <> :today")
+            expression = "SET #r = :busy, #c = :lease, #day = :today, day_count = :one"
         return {
+            "UpdateExpression": expression,
+            "ConditionExpression": " AND ".join(conditions),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": dynamo.dump_values(values),
+        }
+
+    def renewal(
+        self,
+        organization_id: str,
+        slot: int,
+        chair: int,
+        start: float,
+        lease: float,
+        window: float,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The item written anew with `slot` and `chair` taken (what still counts carried over),
+        and the `PutItem` condition that nobody else did it first."""
+        lease_end = start + lease
+        item: dict[str, Any] = {
             "pk": f"limiter#{organization_id}",
-            "calls": [stamp(t) for t in self.calls],
-            "inflight": {
-                **{k: stamp(t) for k, t in self.inflight.items()},
-                lease_id: stamp(lease_until),
-            },
-            "day": self.day,
+            **{rate_slot(k): stamp(t) for k, t in self.slots.items()},
+            **{seat(j): stamp(t) for j, t in self.seats.items()},
+            rate_slot(slot): stamp(lease_end + window + SKEW_SECONDS),
+            seat(chair): stamp(lease_end),
+            "day": self.today,
             "day_count": self.day_count + 1,
             "parked_until": self.parked_until or None,
             "park_reason": self.park_reason or None,
-            "v": self.version + 1,
         }
+        if not self.raw:
+            return item, {"ConditionExpression": "attribute_not_exists(pk)"}
+        # Nobody renewed it, or parked the organization, since this view.
+        condition = ["#day = :seen" if self.day else "attribute_not_exists(#day)"]
+        values: dict[str, Any] = {":seen": self.day} if self.day else {}
+        if "parked_until" in self.raw:
+            condition.append("parked_until = :parked")
+            values[":parked"] = self.raw["parked_until"]
+        else:
+            condition.append("attribute_not_exists(parked_until)")
+        if "v" in self.raw:
+            condition.append("v = :v")
+            values[":v"] = self.raw["v"]
+        return item, {
+            "ConditionExpression": " AND ".join(condition),
+            "ExpressionAttributeNames": {"#day": "day"},
+            **({"ExpressionAttributeValues": dynamo.dump_values(values)} if values else {}),
+        }
+
+
+def _come_back(
+    frees: list[float], now: float, slots: list[tuple[float, int]] | None = None
+) -> tuple[Denied, int]:
+    """Back in whole seconds (queue delays are), at most `AHEAD_SECONDS` before one of the
+    slots that free next, chosen at random: each denied caller aims at a slot of its own."""
+    i = random.randrange(len(frees))
+    wait = max(1.0, math.floor(frees[i] - now))
+    return Denied(wait, "per_minute", now + wait), slots[i][1] if slots else -1
+
+
+def _free(name: str, placeholder: str, at: float, values: dict[str, Any]) -> str:
+    """The condition "the stamp in `name` is not after `at`", read as `unstamp` reads it: a
+    stamp is busy when it falls in the hour after `at`, modulo the stamps' modulus."""
+    low = (math.floor(at * 100) + 1) % STAMP_MODULUS
+    high = (math.floor(at * 100) + STAMP_AHEAD) % STAMP_MODULUS
+    values[f"{placeholder}lo"], values[f"{placeholder}hi"] = low, high
+    inside = "OR" if low <= high else "AND"
+    return (
+        f"(attribute_not_exists({name}) OR ({name} < {placeholder}lo {inside} "
+        f"{name} > {placeholder}hi))"
+    )

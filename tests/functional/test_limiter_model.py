@@ -1,0 +1,306 @@
+"""The rate limiter alone, as a state machine: containers with skewed clocks take and release
+permits on one organization's item (moto), die holding them, meet DynamoDB throttles and lose
+conditional writes to each other, while time moves by milliseconds or days. After every step,
+what Zoho would have seen stays within its limits, every denied caller is told when to come
+back (and coming back then, with nothing else happening, is not denied again: no polling), and
+no permit stays counted once its call is done and a window has passed."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from moto import mock_aws
+
+from crm_to_books.limiter import AHEAD_SECONDS, Denied, Permit, RateLimiter, next_utc_midnight
+from crm_to_books.settings import Organization
+from tests.functional.conftest import NAMES, create_tables
+
+ORG = "700100200"
+LIMITS = Organization(requests_per_minute=4, daily_limit=12, max_concurrency=2)
+WINDOW = 10.0
+LEASE = 4.0
+TIMEOUT = 3.0  # the function's timeout, shorter than the lease (30 s and 40 s deployed)
+SKEWS = {"a": 0.0, "b": 0.05, "c": -0.05}  # each clock within 50 ms of the true time
+START = 1_795_000_000.0 - 30  # a UTC day ends half a minute into the run
+
+
+@dataclass
+class Call:
+    container: str
+    permit: Permit
+    start: float  # true time: the container waits for the permit's start
+    deadline: float  # true time: the function's timeout ends the call by then
+    arrived: float | None = None  # when Zoho saw it
+    ended: float | None = None  # released, or its container died (Zoho done by the deadline)
+
+
+@dataclass
+class Told:
+    """A denial, and whether the limiter could know exactly when a slot frees: nothing was in
+    flight and every call so far was released (a dead call's slot is a guess until it counts
+    no more)."""
+
+    denied: Denied
+    at: float  # true time
+    events: int  # what had happened by then
+    exact: bool
+
+
+class LimiterModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self._mock = mock_aws()
+        self._mock.start()
+        self.client = boto3.client("dynamodb", region_name="us-east-1")
+        create_tables(self.client)
+        self.client.meta.events.register("before-call.dynamodb", self._fault)
+        self.now = START
+        self.limiters: dict[str, RateLimiter] = {}
+        self.calls: list[Call] = []
+        self.parked_until = 0.0
+        self.throttle_next = False
+        self.ids = itertools.count()
+        self.events = 0  # permits, releases, deaths and parks so far
+        self.unclean_until = 0.0  # a call not released may count until then
+        self.told: dict[str, Told] = {}
+
+    def teardown(self) -> None:
+        self._mock.stop()
+
+    def _fault(self, model: Any, **_: Any) -> Any:
+        if not self.throttle_next:
+            return None
+        self.throttle_next = False
+        error = {"Code": "ProvisionedThroughputExceededException", "Message": "model"}
+        return _Http(), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+    def limiter(self, name: str) -> RateLimiter:
+        if name not in self.limiters:
+            skew = SKEWS[name]
+            self.limiters[name] = RateLimiter(
+                NAMES.state_table,
+                window_seconds=WINDOW,
+                lease_seconds=LEASE,
+                client=self.client,
+                clock=lambda: self.now + skew,
+                sleep=lambda seconds: None,
+            )
+        return self.limiters[name]
+
+    def busy(self, name: str) -> bool:
+        return any(c.container == name and c.ended is None for c in self.calls)
+
+    # -- what happens -----------------------------------------------------------------------
+    @rule(name=st.sampled_from(sorted(SKEWS)))
+    def acquire(self, name: str) -> None:
+        if self.busy(name):  # a container makes one call at a time
+            return
+        try:
+            got = self.limiter(name).acquire(ORG, LIMITS)
+        except ClientError:  # a throttled acquire: no permit, nothing to release
+            return
+        if isinstance(got, Permit):
+            self.events += 1
+            self.told.pop(name, None)
+            start = max(self.now, got.start_at - SKEWS[name])
+            assert start >= self.parked_until, "a permit while Zoho said stop"
+            self.calls.append(Call(name, got, start, start + TIMEOUT))
+            return
+        self._check_told(name, got)
+        flying = any(c.ended is None for c in self.calls)
+        exact = not flying and self.now >= self.unclean_until
+        self.told[name] = Told(got, self.now, self.events, exact)
+
+    def _check_told(self, name: str, denied: Denied) -> None:
+        """A denial says when, in the future, and no later than what it waits for."""
+        now = self.now + SKEWS[name]
+        assert denied.retry_after > 0, denied
+        assert abs(denied.until - (now + denied.retry_after)) < 0.01, denied
+        longest = {
+            "per_minute": LEASE + WINDOW + 1.0,
+            "concurrency": LEASE,
+            "contention": 1.0,
+            "daily": next_utc_midnight(now) - now,
+            "blocked": max(self.parked_until - self.now, 0.0) + 0.25,  # skews and the margin
+        }
+        assert denied.retry_after <= longest[denied.reason] + 0.01, denied
+
+    @rule(name=st.sampled_from(sorted(SKEWS)), throttled=st.booleans())
+    def quick_call(self, name: str, throttled: bool) -> None:
+        """A permit, the call reaching Zoho and its release, one after the other."""
+        self.acquire(name)
+        call = self.calls[-1] if self.calls else None
+        if call is None or call.container != name or call.ended is not None:
+            return
+        self.now = max(self.now, call.start)
+        call.arrived = self.now
+        self._release(call, throttled)
+
+    @rule(names=st.lists(st.sampled_from(sorted(SKEWS)), min_size=2, max_size=6))
+    def busy_spell(self, names: list[str]) -> None:
+        """Quick calls one after the other: the window fills up and the limiter must deny."""
+        for name in names:
+            self.quick_call(name, throttled=False)
+
+    @precondition(lambda self: any(c.arrived is None and c.ended is None for c in self.calls))
+    @rule(data=st.data())
+    def arrive(self, data: st.DataObject) -> None:
+        """A call reaches Zoho: any moment from its start until it ends."""
+        waiting = [c for c in self.calls if c.arrived is None and c.ended is None]
+        call = data.draw(st.sampled_from(waiting))
+        if call.start <= self.now <= call.deadline:
+            call.arrived = self.now
+
+    @precondition(lambda self: any(c.arrived is not None and c.ended is None for c in self.calls))
+    @rule(data=st.data(), throttled=st.booleans())
+    def release(self, data: st.DataObject, throttled: bool) -> None:
+        done = [c for c in self.calls if c.arrived is not None and c.ended is None]
+        call = data.draw(st.sampled_from(done))
+        if self.now > call.deadline:
+            return  # the function's timeout ended it: see `die`
+        self._release(call, throttled)
+
+    def _release(self, call: Call, throttled: bool) -> None:
+        self.throttle_next = throttled
+        self.events += 1
+        try:
+            self.limiter(call.container).release(call.permit)
+        except ClientError:
+            # Not written: its slot and seat count until the lease ends, as a dead one's.
+            self.unclean_until = max(self.unclean_until, call.start + LEASE + WINDOW + 1.0)
+        call.ended = self.now
+
+    @rule(name=st.sampled_from(sorted(SKEWS)))
+    def die(self, name: str) -> None:
+        """The container dies, whatever it held: its calls end (at Zoho) by their lease's end."""
+        self.events += 1
+        self.told.pop(name, None)
+        for call in self.calls:
+            if call.container == name and call.ended is None:
+                self.unclean_until = max(self.unclean_until, call.start + LEASE + WINDOW + 1.0)
+                if self.now < call.start:  # died waiting for the permit's start: no call
+                    call.ended = call.start
+                    continue
+                call.ended = call.deadline  # the worst: Zoho busy with it until the timeout
+                if call.arrived is None:
+                    call.arrived = call.deadline  # the latest it could reach Zoho
+        self.limiters.pop(name, None)
+
+    @rule(seconds=st.sampled_from((0.01, 0.04, 0.3, 1.0, 2.5, 5.0, 11.0, 3_600.0, 90_000.0)))
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def throttle_the_next_call(self) -> None:
+        self.throttle_next = True
+
+    @rule(name=st.sampled_from(sorted(SKEWS)), seconds=st.sampled_from((1.0, 15.0)))
+    def zoho_says_stop(self, name: str, seconds: float) -> None:
+        until = self.now + SKEWS[name] + seconds
+        try:
+            self.limiter(name).block(ORG, until, "blocked")
+        except ClientError:
+            return  # throttled: the engine's 429 handling fails, nothing was parked
+        self.parked_until = max(self.parked_until, until - SKEWS[name])
+        self.events += 1
+
+    @precondition(
+        lambda self: any(
+            t.exact and t.events == self.events and t.denied.reason == "per_minute"
+            for t in self.told.values()
+        )
+    )
+    @rule(data=st.data())
+    def come_back_when_told(self, data: st.DataObject) -> None:
+        """Nothing happened since a denial that knew every slot's time: coming back when told
+        finds a slot free then, or within the second a permit may start ahead."""
+        names = sorted(
+            name
+            for name, t in self.told.items()
+            if t.exact and t.events == self.events and t.denied.reason == "per_minute"
+        )
+        name = data.draw(st.sampled_from(names))
+        self.now = max(self.now, self.told[name].denied.until - SKEWS[name])
+        self.throttle_next = False  # this is about what the limiter says, not DynamoDB's faults
+        got = self.limiter(name).acquire(ORG, LIMITS)
+        if self.now < self.parked_until + 0.25:  # parked before the denial, unseen by its view
+            assert isinstance(got, Denied) and got.reason == "blocked", got
+            return
+        assert isinstance(got, Permit), f"told to come back at {self.now}, denied again: {got}"
+        assert got.start_at <= self.now + SKEWS[name] + AHEAD_SECONDS + 0.01
+        self.events += 1
+        start = max(self.now, got.start_at - SKEWS[name])
+        self.calls.append(Call(name, got, start, start + TIMEOUT))
+
+    @precondition(lambda self: all(c.ended is not None for c in self.calls))
+    @rule(name=st.sampled_from(sorted(SKEWS)))
+    def nothing_stays_counted(self, name: str) -> None:
+        """Once every call is done (or its container dead) and a window has passed after its
+        lease, nothing leaked: a permit is granted, unless the day's calls are spent."""
+        quiet = max((c.start + LEASE + WINDOW + 1.0 for c in self.calls), default=self.now)
+        self.now = max(self.now, quiet, self.parked_until + 0.25)  # skews and the margin
+        today = datetime.fromtimestamp(self.now, UTC).date()
+        spent = (
+            sum(datetime.fromtimestamp(c.start, UTC).date() == today for c in self.calls)
+            >= LIMITS.daily_limit - 1
+        )
+        if spent or self.now + 1.0 > next_utc_midnight(self.now):  # clocks differ at midnight
+            self.now = next_utc_midnight(self.now) + 1.0
+        self.throttle_next = False
+        got = self.limiter(name).acquire(ORG, LIMITS)
+        assert isinstance(got, Permit), f"a quiet organization still denied: {got}"
+        self.events += 1
+        start = max(self.now, got.start_at - SKEWS[name])
+        call = Call(name, got, start, start + TIMEOUT, arrived=start)
+        self.calls.append(call)
+        self.now = start
+        self._release(call, throttled=False)
+
+    # -- what must hold -----------------------------------------------------------------------
+    @invariant()
+    def never_more_than_the_limit_in_any_window_zoho_measures(self) -> None:
+        arrivals = sorted(c.arrived for c in self.calls if c.arrived is not None)
+        rpm = LIMITS.requests_per_minute
+        for first, last in zip(arrivals, arrivals[rpm:], strict=False):
+            assert last - first > WINDOW, f"{rpm + 1} calls within {last - first:.3f} s"
+
+    @invariant()
+    def never_more_in_flight_than_the_cap(self) -> None:
+        for moment in {c.start for c in self.calls}:
+            flying = [
+                c
+                for c in self.calls
+                if c.start <= moment and (c.ended or c.deadline) > moment and c.ended != c.start
+            ]
+            assert len(flying) <= LIMITS.max_concurrency, f"{len(flying)} at once at {moment}"
+
+    @invariant()
+    def never_more_than_the_daily_limit(self) -> None:
+        days: dict[str, int] = {}
+        for call in self.calls:
+            day = datetime.fromtimestamp(call.start, UTC).date().isoformat()
+            days[day] = days.get(day, 0) + 1
+        assert all(n <= LIMITS.daily_limit for n in days.values()), days
+
+
+class _Http:
+    status_code = 400
+
+
+TestLimiterModel = LimiterModel.TestCase
+TestLimiterModel.settings = settings(
+    max_examples=80,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+TestLimiterModel = pytest.mark.timeout(600)(TestLimiterModel)
