@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from crm_to_books import api, triggers
 from crm_to_books.observability import logger, metrics, tracer
 from crm_to_books.ports import ImporterLike
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 # Built on the first invocation, not at import (cold start), then reused by the container.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from crm_to_books import jobs, triggers
 from crm_to_books.observability import logger, metrics, tracer
 from crm_to_books.ports import ImporterLike
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 # Built on the first invocation, not at import (cold start), then reused by the container.

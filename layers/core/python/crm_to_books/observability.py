@@ -1,11 +1,86 @@
-"""The process's Powertools Logger, Metrics and Tracer: one set, shared by handlers and engine."""
+"""The process's Powertools Logger, Metrics and tracer: one set, shared by handlers and engine.
+
+The tracer is Powertools' `Tracer`, built on the first invocation X-Ray samples, not at
+import: importing the X-Ray SDK builds its recorder (and a botocore client for centralized
+sampling Lambda never uses), about 0.7x `import boto3` on every cold start, and patching every
+library it knows costs more. An invocation X-Ray did not sample records no subsegment anyway, so
+it never loads the SDK; a sampled one patches only what the engine calls (`TRACED_LIBRARIES`).
+Lambda says whether it sampled an invocation in `_X_AMZN_TRACE_ID` (`Sampled=1`); with active
+tracing it samples by X-Ray's default rule (the first request each second, then 5%), or follows
+the caller's decision (an API Gateway stage's sampling rule, an SQS message's trace header).
+"""
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+import functools
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aws_lambda_powertools import Logger, Metrics
 
 from crm_to_books.topology import METRICS_NAMESPACE, SERVICE_NAME
 
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Tracer
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+TRACE_ENV = "_X_AMZN_TRACE_ID"  # set by Lambda for each invocation
+TRACED_LIBRARIES = ("botocore", "requests")  # AWS and Zoho calls become subsegments
+
+
+def sampled() -> bool:
+    """Whether X-Ray records the current invocation."""
+    return "Sampled=1" in os.environ.get(TRACE_ENV, "")
+
+
+class SampledTracer:
+    """Powertools' Tracer API (the part this service uses), for sampled invocations only."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._tracer: Tracer | None = None
+
+    def _active(self) -> Tracer | None:
+        if not sampled():
+            return None
+        if self._tracer is None:
+            from aws_lambda_powertools import Tracer
+
+            self._tracer = Tracer(service=self._service, auto_patch=False)
+            self._tracer.patch(TRACED_LIBRARIES)
+        return self._tracer
+
+    def capture_lambda_handler(self, handler: _F) -> _F:
+        @functools.wraps(handler)
+        def traced(event: Any, context: Any, **kwargs: Any) -> Any:
+            tracer = self._active()
+            if tracer is None:
+                return handler(event, context, **kwargs)
+            return tracer.capture_lambda_handler(handler)(event, context, **kwargs)
+
+        return traced  # type: ignore[return-value]
+
+    def capture_method(self, capture_response: bool = True) -> Callable[[_F], _F]:
+        def decorate(method: _F) -> _F:
+            @functools.wraps(method)
+            def traced(*args: Any, **kwargs: Any) -> Any:
+                tracer = self._active()
+                if tracer is None:
+                    return method(*args, **kwargs)
+                captured = tracer.capture_method(capture_response=capture_response)(method)
+                return captured(*args, **kwargs)
+
+            return traced  # type: ignore[return-value]
+
+        return decorate
+
+    def put_annotation(self, key: str, value: str | bool) -> None:
+        tracer = self._active()
+        if tracer is not None:
+            tracer.put_annotation(key=key, value=value)
+
+
 logger = Logger(service=SERVICE_NAME)
 metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
-tracer = Tracer(service=SERVICE_NAME)
+tracer = SampledTracer(SERVICE_NAME)
