@@ -22,7 +22,7 @@ from bench.core import Options, Report, render
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 # The whole run must end: a hung benchmark dumps every thread's stack and exits.
-WATCHDOG_SECONDS = {False: 900, True: 300}
+WATCHDOG_SECONDS = {False: 1800, True: 600}
 
 
 def main(argv: list[str] | None = None) -> int:
