@@ -1,10 +1,18 @@
-"""Cost model: AWS cost per million imports, from what the other benchmarks measured.
+"""Cost model: AWS cost per million imports under load, from what the other benchmarks measured.
 
-Inputs measured here or by `aws_calls` (run it again if it did not run in this invocation):
-AWS calls per import by operation through the real handler on each path, the DynamoDB items'
-sizes, log bytes per import (logs and EMF metrics), the service's own time per import. Assumed,
-and named below: Zoho's answer time (Lambda waits for it), batches of 10 on the SQS path, one
-trace per invocation (1M imports a month is well under X-Ray's 1 request/s reservoir).
+Inputs measured here or by other benchmarks (each run again if it did not run in this
+invocation, except the three-minute contention run): AWS calls per import by operation through
+the real handler on each path (`aws_calls`), and under load (`rate_limit_60s`, 16 containers on
+one organization at Zoho's 60 s window: failed conditions and denials included, DynamoDB bills
+failed conditional writes too); the DynamoDB items' sizes; log bytes per import; a function
+container's peak memory and CPU time per import (`sqs_throughput`, the real handler in the local
+stack). Assumed, and named below: Zoho's answer time (Lambda waits for it), one AWS call's round
+trip, batches of 10 on the SQS path, Lambda's CPU share in proportion to memory, X-Ray's default
+sampling under active tracing.
+
+The functions' memory is chosen here: of 128, 256 and 512 MB, the cheapest whose memory holds
+the measured peak with headroom; `topology.FUNCTION_MEMORY_MB` (what the stack deploys) must
+say the same.
 
 Unit prices: AWS list prices, us-east-1, as published on each service's pricing page (2026),
 without free tiers.
@@ -16,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bench import aws_calls
+from bench import aws_calls, throughput
 from bench.core import ZOHO_LATENCY_SECONDS, Options, Report
 from crm_to_books import topology
 from crm_to_books.limiter import rate_slot, seat, stamp
@@ -33,11 +41,22 @@ SECRETS_MANAGER_CALL = 0.05 / 10_000
 CLOUDWATCH_LOGS_INGESTED_GB = 0.50
 XRAY_TRACE_RECORDED = 5.00 / 1e6
 
-MEMORY_GB = topology.FUNCTION_MEMORY_MB / 1024
 BATCH = topology.BATCH_SIZE  # best case: full batches, one receive and one delete per batch
 IMPORTS_PER_MONTH = 1_000_000
 TOKEN_REFRESHES_PER_MONTH = 30 * 24  # one per connection per token lifetime (an hour)
 LIMITER_CALLS_AT_LIMIT = 100  # the limiter item holds one timestamp per call in the window
+# Lambda gives a function CPU in proportion to its memory, one vCPU at 1,769 MB
+# (docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html).
+FULL_VCPU_MB = 1769
+MEMORY_CHOICES = (128, 256, 512)
+# The measured peak may fill at most this share of the function's memory: it is an SQS
+# container's, measured on x86; a first HTTP request and a sampled trace import more.
+MEMORY_HEADROOM = 0.6
+AWS_ROUND_TRIP_SECONDS = 0.008  # assumed: one DynamoDB or EventBridge call, in region
+# Active tracing samples with X-Ray's default rule: the first request each second, then 5%.
+XRAY_RESERVOIR_PER_SECOND = 1.0
+XRAY_FIXED_RATE = 0.05
+UNDER_LOAD = "16 containers"  # the contention run the model takes its calls from
 
 
 def item_size(item: dict[str, Any]) -> int:
@@ -100,33 +119,99 @@ def _dynamodb(calls: dict[str, float], ledger: int, limiter: int) -> tuple[float
     return wru, rru
 
 
-def model(measured: dict[str, Any]) -> tuple[list[Line], dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What an import costs in calls under contention, and how fast imports come."""
+
+    calls: dict[str, float]  # per import, by operation
+    denials: float  # per import: each one a message back in the queue
+    imports_per_second: float
+    measured: bool  # False: the single-container figures stand in
+
+
+def load_of(earlier: dict[str, Report], single: dict[str, float]) -> Load:
+    contention = earlier.get("rate_limit_60s")
+    got = contention.details.get(UNDER_LOAD) if contention is not None else None
+    if not got or not got.get("imports"):
+        return Load(single, 0.0, 100 / 60, measured=False)
+    n = got["imports"]
+    calls = {op: count / n for op, count in got["aws_calls_by_operation"].items()}
+    per_second = got["use"] * 100 / 60 if got.get("use") else 100 / 60
+    return Load(calls, got["denials_per_import"], per_second, measured=True)
+
+
+def memory_options(
+    footprint: dict[str, float], calls_per_import: float, fallback_cpu_ms: float
+) -> dict[int, dict[str, float | bool]]:
+    """Per memory size: seconds per import (Zoho's wait, AWS round trips, the measured CPU time
+    stretched by the CPU share that memory buys), GB-seconds, and whether the peak fits."""
+    cpu = footprint.get("cpu_ms_per_import", fallback_cpu_ms) / 1000
+    peak = footprint.get("peak_rss_mb", 0.0)
+    options: dict[int, dict[str, float | bool]] = {}
+    for mb in MEMORY_CHOICES:
+        seconds = (
+            ZOHO_LATENCY_SECONDS
+            + calls_per_import * AWS_ROUND_TRIP_SECONDS
+            + cpu * max(1.0, FULL_VCPU_MB / mb)
+        )
+        options[mb] = {
+            "seconds": seconds,
+            "gb_seconds": seconds * mb / 1024,
+            "fits": peak <= MEMORY_HEADROOM * mb,
+        }
+    return options
+
+
+def choose_memory(options: dict[int, dict[str, float | bool]]) -> int:
+    fitting = [mb for mb, o in options.items() if o["fits"]] or [max(options)]
+    return min(fitting, key=lambda mb: float(options[mb]["gb_seconds"]))
+
+
+def traced_share(invocations_per_second: float) -> float:
+    """The share of invocations X-Ray's default rule samples at a steady rate."""
+    if invocations_per_second <= XRAY_RESERVOIR_PER_SECOND:
+        return 1.0
+    extra = invocations_per_second - XRAY_RESERVOIR_PER_SECOND
+    return (XRAY_RESERVOIR_PER_SECOND + XRAY_FIXED_RATE * extra) / invocations_per_second
+
+
+def model(
+    measured: dict[str, Any], load: Load, footprint: dict[str, float]
+) -> tuple[list[Line], dict[str, Any]]:
     paths = measured["paths"]
     ledger = item_size(measured["ledger_item"])
     limiter = item_size(limiter_at_limit(measured["limiter_item"]))
-    ddb = {p: _dynamodb(paths[p]["calls"], ledger, limiter) for p in paths}
-    seconds = {p: paths[p]["service_ms"] / 1000 + ZOHO_LATENCY_SECONDS for p in paths}
-    each = dict.fromkeys(paths, 1.0)
+    # Under load every path pays what contention costs; the handlers add no AWS call.
+    calls = {p: load.calls if load.measured else paths[p]["calls"] for p in paths}
+    ddb = {p: _dynamodb(calls[p], ledger, limiter) for p in paths}
+    deliveries = 1 + load.denials  # a denied message comes back through the queue
+    invocations = {"http": 1.0, "sqs": deliveries / BATCH}
+    total_calls = sum(load.calls.values())
+    memory = memory_options(footprint, total_calls, paths["sqs"]["service_ms"])
+    chosen = choose_memory(memory)
+    gb_seconds = float(memory[chosen]["gb_seconds"])
+    traced = {p: traced_share(load.imports_per_second * n) for p, n in invocations.items()}
     logs = ", ".join(f"{p} {paths[p]['log_bytes']:.0f} B" for p in paths)
     lines = [
         Line("API Gateway REST requests", {"http": 1}, API_GATEWAY_REST_REQUEST, "1 per import"),
         Line(
             "Lambda requests",
-            {"http": 1, "sqs": 1 / BATCH},
+            invocations,
             LAMBDA_REQUEST,
-            f"1 per import (HTTP), 1 per batch of {BATCH} (SQS)",
+            f"1 per import (HTTP), {deliveries:.2f} deliveries per batch of {BATCH} (SQS)",
         ),
         Line(
             "Lambda arm64 GB-seconds",
-            {p: s * MEMORY_GB for p, s in seconds.items()},
+            dict.fromkeys(paths, gb_seconds),
             LAMBDA_ARM64_GB_SECOND,
-            f"{MEMORY_GB * 1024:.0f} MB x (service time + Zoho's {ZOHO_LATENCY_SECONDS:g} s)",
+            f"{chosen} MB x {memory[chosen]['seconds']:.3f} s (Zoho's {ZOHO_LATENCY_SECONDS:g} s, "
+            f"{total_calls:.2f} AWS calls x {AWS_ROUND_TRIP_SECONDS * 1000:g} ms, CPU)",
         ),
         Line(
             "SQS requests",
-            {"sqs": 1 + 2 / BATCH},
+            {"sqs": (1 + 2 / BATCH) * deliveries},
             SQS_STANDARD_REQUEST,
-            "send 1, receive and delete 1 per batch",
+            "per delivery: a send, and a receive and a delete per batch",
         ),
         Line(
             "DynamoDB write request units",
@@ -138,11 +223,11 @@ def model(measured: dict[str, Any]) -> tuple[list[Line], dict[str, Any]]:
             "DynamoDB read request units",
             {p: rru for p, (_, rru) in ddb.items()},
             DYNAMODB_RRU,
-            "none on the warm path",
+            "the limiter's fresh reads under contention",
         ),
         Line(
             "EventBridge PutEvents",
-            {p: paths[p]["calls"].get("events:PutEvents", 0.0) for p in paths},
+            {p: calls[p].get("events:PutEvents", 0.0) for p in paths},
             EVENTBRIDGE_CUSTOM_EVENT,
             "the outcome event",
         ),
@@ -160,41 +245,84 @@ def model(measured: dict[str, Any]) -> tuple[list[Line], dict[str, Any]]:
         ),
         Line(
             "X-Ray traces",
-            {p: n / (BATCH if p == "sqs" else 1) for p, n in each.items()},
+            {p: invocations[p] * traced[p] for p in paths},
             XRAY_TRACE_RECORDED,
-            "1 per invocation (below the 1 request/s sampling reservoir)",
+            f"sampled: 1 a second then {XRAY_FIXED_RATE:.0%}, at "
+            f"{load.imports_per_second:.2f} imports a second (one organization at its limit): "
+            + ", ".join(f"{p} {traced[p]:.0%} of invocations" for p in paths),
         ),
     ]
     inputs = {
         "ledger_item_bytes": ledger,
         "limiter_item_bytes_at_limit": limiter,
-        "lambda_seconds_per_import": seconds,
+        "calls_per_import": calls,
+        "under_load": load.measured,
+        "denials_per_import": load.denials,
+        "memory_options": memory,
+        "memory_chosen_mb": chosen,
+        "footprint": footprint,
         "dynamodb_wru_rru_per_import": ddb,
     }
     return lines, inputs
 
 
 def run(options: Options) -> Report:
-    report = Report("cost", "AWS cost per million imports (us-east-1 list prices)")
+    report = Report("cost", "AWS cost per million imports under load (us-east-1 list prices)")
     measured = options.earlier.get("aws_calls")
     if measured is None or measured.skipped or "paths" not in measured.details:
         measured = aws_calls.run(options)
-    lines, inputs = model(measured.details)
+    local = options.earlier.get("sqs_throughput")
+    if local is None or local.skipped:
+        local = throughput.run(options)
+    footprint = {
+        k: float(local.details[k])
+        for k in ("peak_rss_mb", "cpu_ms_per_import")
+        if local.details.get(k)
+    }
+    single = measured.details["paths"]["sqs"]["calls"]
+    load = load_of(options.earlier, single)
+    lines, inputs = model(measured.details, load, footprint)
     for line in lines:
         sqs, http = line.per_million("sqs"), line.per_million("http")
         report.add(line.what, f"${sqs:.3f} / ${http:.3f}", "SQS / HTTP")
         report.notes.append(f"{line.what}: {line.basis}")
     totals = {p: sum(line.per_million(p) for line in lines) for p in ("sqs", "http")}
-    report.add("total per million imports, SQS path", round(totals["sqs"], 2), "USD")
+    report.add(
+        "total per million imports, SQS path",
+        round(totals["sqs"], 2),
+        "USD",
+        "< 5",
+        totals["sqs"] < 5,
+    )
     report.add("total per million imports, HTTP path", round(totals["http"], 2), "USD")
+    chosen = inputs["memory_chosen_mb"]
+    for mb, o in inputs["memory_options"].items():
+        report.add(
+            f"at {mb} MB: seconds per import / GB-s / peak fits",
+            f"{o['seconds']:.3f} / {o['gb_seconds']:.4f} / {'yes' if o['fits'] else 'no'}",
+        )
+    report.add(
+        "memory chosen / the stack deploys",
+        f"{chosen} / {topology.FUNCTION_MEMORY_MB} MB",
+        target="equal",
+        ok=chosen == topology.FUNCTION_MEMORY_MB,
+    )
+    if not load.measured:
+        report.notes.append(
+            "not under load: rate_limit_60s did not run in this invocation, so the calls are a "
+            "single container's (make bench BENCH='rate_limit_60s cost' for the model under load)"
+        )
+    if not footprint:
+        report.notes.append("no measured footprint (sqs_throughput skipped): CPU from aws_calls")
     report.details = {
         "per_million": {ln.what: {p: ln.per_million(p) for p in ("sqs", "http")} for ln in lines},
         "totals": totals,
         "inputs": inputs,
         "assumptions": {
             "zoho_latency_seconds": ZOHO_LATENCY_SECONDS,
+            "aws_round_trip_seconds": AWS_ROUND_TRIP_SECONDS,
             "batch_size": BATCH,
-            "memory_mb": topology.FUNCTION_MEMORY_MB,
+            "full_vcpu_mb": FULL_VCPU_MB,
         },
     }
     return report

@@ -9,7 +9,9 @@ limit (100 a minute) long before this.
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.core import Options, Report
@@ -25,6 +27,19 @@ VISIBILITY_SECONDS = 10
 
 def _body(org: str, n: int) -> str:
     return json.dumps({"organization_id": org, "crm_id": str(FIRST_ID + n)})
+
+
+def _footprint(pid: int) -> tuple[float, float] | None:
+    """A container process's peak resident memory (MB) and CPU seconds so far (Linux /proc):
+    what the cost model sizes the functions' memory from."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return peak_kb / 1024, ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run(options: Options) -> Report:
@@ -50,13 +65,19 @@ def run(options: Options) -> Report:
                     done, progressed = now_done, time.monotonic()
             elapsed = progressed - started
             containers = len(stack.container_pids())
+            footprint = [_footprint(pid) for pid in stack.container_pids()]
             emulator_errors = local.emulator_errors.count
             emulator_error = local.emulator_errors.last
             error = local.lines.last_error() if done < n else None
     except Unavailable as exc:
         report.skipped = str(exc)
         return report
+    measured = [f for f in footprint if f is not None]
+    peak_mb = max((rss for rss, _ in measured), default=0.0)
+    cpu_ms = sum(cpu for _, cpu in measured) * 1000 / max(done, 1)
     report.add("imports per second, one queue", done / elapsed, "imports/s")
+    report.add("a container's peak memory (VmHWM)", round(peak_mb, 1), "MB")
+    report.add("container CPU time per import, cold starts included", round(cpu_ms, 1), "ms")
     report.add("imports done", done, f"of {n} in {elapsed:.1f} s", f"{n}", done == n)
     report.notes.append(
         f"{n} messages sent in batches of 10 in {sent:.1f} s; {containers} containers at the "
@@ -76,5 +97,7 @@ def run(options: Options) -> Report:
         "seconds": elapsed,
         "containers": containers,
         "emulator_errors": emulator_errors,
+        "peak_rss_mb": peak_mb,
+        "cpu_ms_per_import": cpu_ms,
     }
     return report

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import requests
 
+from crm_to_books import topology
 from crm_to_books.entities import KINDS
 from crm_to_books_cli.local import LocalStack
 from tests.e2e.helpers import Logs
@@ -61,8 +62,8 @@ def test_an_import_request_reaches_its_function_as_a_proxy_event(fake_stack: Loc
     lambda_context = echo["context"]
     assert lambda_context["function_name"] == "e2e-fake-account-import"
     assert lambda_context["invoked_function_arn"].endswith(":function:e2e-fake-account-import")
-    assert lambda_context["memory_limit_in_mb"] == 512
-    assert 0 < lambda_context["remaining_ms"] <= 30_000
+    assert lambda_context["memory_limit_in_mb"] == topology.FUNCTION_MEMORY_MB
+    assert 0 < lambda_context["remaining_ms"] <= topology.FUNCTION_TIMEOUT_SECONDS * 1000
     assert lambda_context["log_group_name"] == "/aws/lambda/e2e-fake-account-import"
     settings = echo["settings"]
     assert settings["import_kind"] == "account"

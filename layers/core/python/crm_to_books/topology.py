@@ -15,7 +15,9 @@ DEFAULT_PREFIX = "crm-to-books"
 
 # SQS and Lambda settings for the per-kind import queues.
 FUNCTION_TIMEOUT_SECONDS = 30
-FUNCTION_MEMORY_MB = 512
+# The functions mostly wait on Zoho: 256 MB is the cheapest size that holds a container's measured
+# peak with room (bench cost, docs/benchmarks.md); 128 MB would leave too little.
+FUNCTION_MEMORY_MB = 256
 QUEUE_VISIBILITY_TIMEOUT_SECONDS = 6 * FUNCTION_TIMEOUT_SECONDS  # AWS: at least 6x the timeout
 MAX_RECEIVE_COUNT = 8  # a throttled import is retried many times before the DLQ
 BATCH_SIZE = 10
