@@ -60,6 +60,8 @@ UNUSED: dict[str, tuple[str, ...]] = {
         "crm_to_books.batch",
         "requests",  # re-driving reads the ledger and sends to SQS: no Zoho call
     ),
+    "sweep": UNSAMPLED,
+    "crm_hooks": UNSAMPLED,
 }
 # What a handler imports on its first call of one trigger (used by every warm call of that
 # trigger, so it is part of that trigger's cold start, only not at import).
