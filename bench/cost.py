@@ -84,7 +84,9 @@ def _value_size(value: dict[str, Any]) -> int:
 
 def limiter_at_limit(item: dict[str, Any], max_concurrency: int = 10) -> dict[str, Any]:
     """The limiter item of an organization at Zoho's 100 calls a minute with `max_concurrency`
-    in flight: its heaviest. One stamp per rate slot and seat, as the limiter writes them."""
+    in flight: its heaviest. One stamp per rate slot and seat, as the limiter writes them, in
+    place of those of the measured item (measured without Zoho's limit, so with more slots)."""
+    item = {k: v for k, v in item.items() if not (k[:1] in ("r", "c") and k[1:].isdigit())}
     now = 1_795_629_841.37
     slots = {
         rate_slot(k): {"N": str(stamp(now + 60 - 0.59 * k))} for k in range(LIMITER_CALLS_AT_LIMIT)
