@@ -4,6 +4,7 @@ the real engine, moto and the Zoho sandbox (fixtures in tests/functional/conftes
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -302,3 +303,41 @@ def _depth(queue: str) -> int:
     return int(attributes["ApproximateNumberOfMessages"]) + int(
         attributes["ApproximateNumberOfMessagesDelayed"]
     )
+
+
+def test_every_message_the_service_sends_names_its_organization_as_the_fair_queue_tenant(
+    importer: Importer, sandbox: ZohoSandbox, queue: str
+) -> None:
+    # SQS fair queues tell tenants apart by MessageGroupId: with the organization there, one
+    # organization's backlog does not hold up another's import in the same kind's queue.
+    sqs = boto3.client("sqs")
+
+    def tenants() -> list[str | None]:
+        got = sqs.receive_message(
+            QueueUrl=queue, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+        )
+        for message in got.get("Messages", []):
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+        return [m["Attributes"].get("MessageGroupId") for m in got.get("Messages", [])]
+
+    assert post(importer, "account", "5401", Prefer="respond-async")["statusCode"] == 202
+    assert tenants() == [ORG]
+
+    # A message from an event bus carries no group; when Zoho throttles its import, the copy
+    # the service sends back to the queue does.
+    sandbox.set_limits(ORG, requests_per_minute=1)
+    assert post(importer, "account", "5402")["statusCode"] == 200
+    sqs.send_message(QueueUrl=queue, MessageBody=eventbridge_body("account", ORG, "5403"))
+    [bridged] = received_records(sqs, queue)
+    assert "MessageGroupId" not in bridged["attributes"]
+
+    answer = importer_fn.handler(sqs_event(bridged), CONTEXT, importer=importer)
+
+    assert answer == {"batchItemFailures": []}  # held by a new, delayed message
+    record = importer.ledger.get(ORG, "account", "5403")
+    assert record and record.status is Status.RETRYING
+    deadline = time.monotonic() + 10
+    seen: list[str | None] = []
+    while not seen and time.monotonic() < deadline:
+        seen = tenants()
+    assert seen == [ORG]

@@ -95,6 +95,7 @@ def _record_handler(
             _reject(importer, record, kind, exc.message)
             return "poison"
         logger.set_correlation_id(request.correlation_id)
+        message.tenant = request.organization_id
         outcome = importer.run(request, last_delivery=_last_delivery(record, sqs), holder=message)
         log = {"kind": request.kind, "crm_id": request.crm_id, "result": outcome.result}
         if outcome.result != "retry_later":
@@ -174,6 +175,7 @@ class MessageHolder:
         self._sqs = sqs
         self._record = record
         self.requeued = False
+        self.tenant: str | None = record.attributes.message_group_id
 
     @property
     def fallback_seconds(self) -> float:
@@ -194,12 +196,15 @@ class MessageHolder:
                     for name, value in (record.raw_event.get("messageAttributes") or {}).items()
                     if value.get("stringValue") is not None
                 }
-                self._sqs.send_message(
-                    QueueUrl=url,
-                    MessageBody=record.body,
-                    DelaySeconds=max(0, min(wait, SQS_MAX_DELAY_SECONDS)),
-                    MessageAttributes=attributes,
-                )
+                send: dict[str, Any] = {
+                    "QueueUrl": url,
+                    "MessageBody": record.body,
+                    "DelaySeconds": max(0, min(wait, SQS_MAX_DELAY_SECONDS)),
+                    "MessageAttributes": attributes,
+                }
+                if self.tenant:  # SQS fair queues' tenant: the organization, once known
+                    send["MessageGroupId"] = self.tenant
+                self._sqs.send_message(**send)
                 self.requeued = True
             else:
                 self._sqs.change_message_visibility(

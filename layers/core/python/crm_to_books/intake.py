@@ -64,6 +64,9 @@ class Intake:
             ),
             DelaySeconds=min(max(math.ceil(delay_seconds), 0), SQS_MAX_DELAY_SECONDS),
             MessageAttributes=attributes,
+            # The tenant of SQS fair queues: one organization's backlog does not hold up
+            # another's messages in the kind's queue.
+            MessageGroupId=request.organization_id,
         )
 
     def reject(
