@@ -165,6 +165,7 @@ def test_a_rate_limited_record_is_sent_again_fresh_so_waiting_never_nears_the_dl
             "MessageAttributes": {
                 "correlation_id": {"DataType": "String", "StringValue": "corr-9"}
             },
+            "MessageGroupId": ORG,  # the fair-queue tenant, read from the request
         }
     ]
     assert sqs.visibility == []
