@@ -55,11 +55,13 @@ def _imports_without_its_source(site: Path, module: str, tmp_path: Path) -> str:
     if not source.is_file():
         source = source.parent.with_suffix(".py")
     source.write_text('raise ImportError("compiled from source")\n', encoding="utf-8")
-    code = (
-        f"import sys; sys.path.insert(0, {str(copy)!r}); import {module}; print({module}.__file__)"
-    )
+    # The copy first on the path, as /opt/python is on Lambda; no user site, no current folder.
     done = subprocess.run(
-        [sys.executable, "-I", "-B", "-c", code], capture_output=True, text=True, check=False
+        [sys.executable, "-s", "-P", "-B", "-c", f"import {module}; print({module}.__file__)"],
+        env={"PYTHONPATH": str(copy)},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
