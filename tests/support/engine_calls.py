@@ -200,14 +200,16 @@ def every_call_site() -> list[CallSite]:
 
 
 def clients_built() -> set[str]:
-    """The services the library and the handlers build clients for: `client("<service>")`."""
+    """The services the library and the handlers build clients for: `client("<service>")` or
+    `LazyClient("<service>")`."""
     trees = [module(m) for m in library_modules()] + [_handler(f) for f in handler_folders()]
     return {
         node.args[0].value
         for tree in trees
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
-        and (getattr(node.func, "attr", None) or getattr(node.func, "id", None)) == "client"
+        and (getattr(node.func, "attr", None) or getattr(node.func, "id", None))
+        in {"client", "LazyClient"}
         and node.args
         and isinstance(node.args[0], ast.Constant)
         and isinstance(node.args[0].value, str)

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from botocore.exceptions import ClientError
 
 from crm_to_books import dynamo
+from crm_to_books.clients import LazyClient
 from crm_to_books.crm_gate import NOTIFICATIONS_SCOPE, CrmGate, CrmProblem
 from crm_to_books.entities import KINDS, get_entity
 from crm_to_books.errors import ConfigurationError, InvalidRequest
@@ -53,13 +54,7 @@ class ChannelSecrets:
         self._settings = settings
         self._client = client
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from crm_to_books import aws
-
-            self._client = aws.client("secretsmanager")
-        return self._client
+    client = LazyClient("secretsmanager")
 
     def name(self, channel_id: str) -> str:
         if not self._settings.channel_secret_prefix:
@@ -137,13 +132,7 @@ class ChannelRegistry:
         self._settings = settings
         self._client = client
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from crm_to_books import aws
-
-            self._client = aws.client("dynamodb")
-        return self._client
+    client = LazyClient("dynamodb")
 
     def get(self, organization_id: str) -> Channel | None:
         answer = self.client.get_item(

@@ -23,6 +23,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from crm_to_books import dynamo
+from crm_to_books.clients import LazyClient
 from crm_to_books.errors import ConnectionBroken
 from crm_to_books.observability import logger
 from crm_to_books.settings import Settings
@@ -83,13 +84,7 @@ class CrmGate:
         self._lease = refresh_lease_seconds(settings)
         self.calls = 0  # CRM calls this process made, for tests and benchmarks
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from crm_to_books import aws
-
-            self._client = aws.client("dynamodb")
-        return self._client
+    client = LazyClient("dynamodb")
 
     def call(
         self,

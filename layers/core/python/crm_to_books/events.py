@@ -7,6 +7,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from crm_to_books.clients import LazyClient
 from crm_to_books.models import ImportRecord, Status
 from crm_to_books.observability import logger
 from crm_to_books.topology import DETAIL_IMPORT_FAILED, DETAIL_IMPORT_SUCCEEDED, EVENT_SOURCE
@@ -19,13 +20,7 @@ class OutcomePublisher:
         self._bus = bus_name
         self._client = client
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from crm_to_books import aws
-
-            self._client = aws.client("events")
-        return self._client
+    client = LazyClient("events")
 
     def publish(self, record: ImportRecord, correlation_id: str | None = None) -> bool:
         """Send the record's terminal outcome. The ledger is the truth: a failed publish is

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError
 
 from crm_to_books import dynamo
+from crm_to_books.clients import LazyClient
 from crm_to_books.errors import InvalidRequest
 from crm_to_books.models import ImportError_, ImportRecord, ImportRequest, Status
 from crm_to_books.topology import LEDGER_STATUS_INDEX
@@ -142,13 +143,7 @@ class Ledger:
         self._permits = permits
         self._sleep = sleep
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from crm_to_books import aws
-
-            self._client = aws.client("dynamodb")
-        return self._client
+    client = LazyClient("dynamodb")
 
     # --- the attempt's own writes -----------------------------------------------------------
     def begin(

@@ -56,6 +56,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from crm_to_books import dynamo
+from crm_to_books.clients import LazyClient
 from crm_to_books.settings import Organization
 
 MAX_TRIES = 8  # conditional writes lost to another container taking the same slot or seat
@@ -146,13 +147,7 @@ class RateLimiter:
         # containers waiting spread over more slots instead of colliding on the first few.
         self._spread: dict[str, int] = {}
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from crm_to_books import aws
-
-            self._client = aws.client("dynamodb")
-        return self._client
+    client = LazyClient("dynamodb")
 
     @staticmethod
     def key(organization_id: str) -> dict[str, Any]:

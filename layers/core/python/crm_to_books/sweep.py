@@ -30,6 +30,7 @@ from botocore.exceptions import ClientError
 
 from crm_to_books import dynamo
 from crm_to_books.checkpoint import Checkpoint, CheckpointTooLarge, modified_second
+from crm_to_books.clients import LazyClient
 from crm_to_books.crm_gate import CrmGate, CrmProblem, crm_scope
 from crm_to_books.crm_queue import enqueue_all, is_crm_id
 from crm_to_books.entities import get_entity
@@ -113,13 +114,7 @@ class SweepStore:
         self._clock = clock
         self.owner = uuid.uuid4().hex
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from crm_to_books import aws
-
-            self._client = aws.client("dynamodb")
-        return self._client
+    client = LazyClient("dynamodb")
 
     def begin(self, sync: Sync) -> Checkpoint | None:
         """Take the run lease: the checkpoint (the first run's: `sync.start`), or None when

@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 from botocore.exceptions import ClientError
 
 from crm_to_books import dynamo
+from crm_to_books.clients import LazyClient
 from crm_to_books.errors import ConnectionBroken
 from crm_to_books.observability import logger, metrics
 from crm_to_books.settings import Settings
@@ -124,13 +125,7 @@ class TokenProvider:
         self._secret_checked: dict[str, float] = {}
         self.refreshes = 0  # this process's token requests, for tests and benchmarks
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from crm_to_books import aws
-
-            self._client = aws.client("dynamodb")
-        return self._client
+    client = LazyClient("dynamodb")
 
     # --- public -----------------------------------------------------------------------------
     def get(self, connection: str) -> AccessToken:
