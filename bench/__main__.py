@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reports = options.earlier.values()
     missed = [f"{r.name}: {f.name}" for r in reports for f in r.figures if f.ok is False]
+    missed += [f"{r.name}: broken" for r in reports if r.title == "broken"]
     print(f"{len(names)} benchmarks in {time.monotonic() - started:.0f} s; ", end="")
     print(f"missed: {'; '.join(missed)}" if missed else "every target met")
     run["seconds"] = round(time.monotonic() - started)

@@ -10,7 +10,8 @@ targets (issue 13): at most 6 AWS calls per import, at least 98% of the limit us
 freed slot idle at most 300 ms.
 
 Workers behave like SQS: a `retry_later` comes back after `ceil(retry_after)` seconds (message
-visibility is whole seconds). Where slots go unused, two figures say why: how long a call holds
+visibility is whole seconds), carrying the turn the limiter held for it, if any, as the delayed
+copy of a message does. Where slots go unused, two figures say why: how long a call holds
 its slot beyond the window (the limiter counts a call from its permit until one window after it
 finished) and how long a freed slot waits for a container. Used share = W / (W + hold + idle).
 A full run adds a diagnostic pass that waits until the record's `next_attempt_at` (no SQS
@@ -31,6 +32,7 @@ from unittest import mock
 
 from bench.core import ZOHO_LATENCY_SECONDS, Options, Report
 from bench.world import run_workers, sqs_wait, world
+from crm_to_books.attempt import Attempt
 from crm_to_books.entities import KINDS
 from crm_to_books.limiter import Permit, RateLimiter
 from crm_to_books.pipeline import ImportOutcome
@@ -61,7 +63,7 @@ REASONS = {"per-minute": "per_minute", "concurrent": "concurrency", "at once": "
 
 
 def until_wait(outcome: ImportOutcome) -> float:
-    when = outcome.record.next_attempt_at
+    when = outcome.record.next_attempt_at if outcome.record else None
     if not when:
         return outcome.retry_after or 1.0
     return max(datetime.fromisoformat(when).timestamp() - time.time(), 0.01)
@@ -105,11 +107,20 @@ def _pass(
             denials[_reason(outcome)] += 1
         return original_wait(outcome)
 
-    waited = [0.0]  # seconds containers waited in process for a permit's start
+    waited = [0.0]  # seconds containers waited in process for a permit's start or a turn
     acquire = RateLimiter.acquire
 
-    def timed_acquire(self: RateLimiter, *args: Any) -> Any:
-        got = acquire(self, *args)
+    ask = Attempt._ask
+
+    def timed_ask(self: Attempt, run: Any) -> Any:
+        held = run.reservation
+        if held is not None:  # the attempt waits for its turn before it takes the slot
+            with lock:
+                waited[0] += max(held.start_at - time.time(), 0.0)
+        return ask(self, run)
+
+    def timed_acquire(self: RateLimiter, *args: Any, **kwargs: Any) -> Any:
+        got = acquire(self, *args, **kwargs)
         if isinstance(got, Permit):
             with lock:
                 waited[0] += max(got.start_at - got.granted_at, 0.0)
@@ -119,6 +130,7 @@ def _pass(
         world(limits=limits, window=window) as w,
         mock.patch.object(ZohoClient, "import_record", stamped),
         mock.patch.object(RateLimiter, "acquire", timed_acquire),
+        mock.patch.object(Attempt, "_ask", timed_ask),
     ):
         w.sandbox.set_faults(latency_seconds=latency)
         importers = [w.importer() for _ in range(containers)]

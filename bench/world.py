@@ -269,7 +269,8 @@ def run_workers(
     """One thread per container, taking requests in turn, as queue pollers do.
 
     A `retry_later` waits `wait(outcome)` and tries again (by default as SQS hands a message
-    back after its visibility timeout). `pace` spaces a worker's imports. Stops at `deadline`
+    back after its visibility timeout), with the rate slot held for it if one was (as the
+    delayed copy of a message carries it). `pace` spaces a worker's imports. Stops at `deadline`
     (monotonic): what is not finished by then is left out.
     """
     todo = iter(requests)
@@ -282,13 +283,15 @@ def run_workers(
 
     def work(importer: Importer) -> None:
         while (request := next_request()) is not None:
+            held = None  # the rate slot held for the retry, as the delayed message carries it
             while time.monotonic() < deadline:
-                outcome = importer.run(request)
+                outcome = importer.run(request, reservation=held)
                 with lock:
                     if outcome.result != "retry_later":
                         done.outcomes.append(outcome)
                         break
                     done.retries += 1
+                held = outcome.reservation
                 time.sleep(max(0.0, min(wait(outcome), deadline - time.monotonic())))
             if time.monotonic() >= deadline:
                 return

@@ -356,3 +356,62 @@ def test_a_slot_that_frees_within_a_second_is_waited_for_once_instead_of_requeue
 
     assert outcome.result == "imported"
     assert len(waits) == 1 and 0 < waits[0] <= 1.0
+
+
+def test_a_queued_import_at_the_limit_waits_its_turn_on_a_held_slot_without_a_ledger_write(
+    sandbox: ZohoSandbox, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import botocore.client
+
+    from crm_to_books.settings import Organization
+
+    now = [time.time()]  # the engine's clock moves only when it sleeps or the test says so
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    two_a_minute = settings.model_copy(
+        update={
+            "rate_window_seconds": 60.0,
+            "organizations": {ORG: Organization(requests_per_minute=2)},
+        }
+    )
+    importer = Importer(two_a_minute, clock=lambda: now[0], sleep=sleep)
+    ids = sandbox.crm_ids["account"]
+    for crm_id in ids[:2]:  # the window's two calls
+        assert importer.run(request("account", crm_id)).result == "imported"
+        now[0] += 1.0
+    calls: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def counted(self: Any, operation: str, params: Any) -> Any:
+        calls.append(operation)
+        return original(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counted)
+
+    # A queued import now: one write holds a slot for it; the ledger is neither read nor written
+    waiting = importer.run(request("account", ids[2], source="sqs"))
+    assert waiting.result == "retry_later" and waiting.rate_limited and not waiting.recorded
+    held = waiting.reservation
+    assert held is not None and calls == ["UpdateItem"]
+    assert importer.ledger.get(ORG, "account", ids[2]) is None
+    # It comes back in whole seconds (queue delays are), at most one before its turn
+    assert waiting.retry_after == int(waiting.retry_after or 0)
+    assert 0 <= held.start_at - (now[0] + (waiting.retry_after or 0)) < 1.0
+    # A synchronous caller cannot carry a held slot: it is told 429, as before
+    sync = importer.run(request("contact", sandbox.crm_ids["contact"][0]), sync=True)
+    assert sync.rate_limited and not sync.recorded and sync.reservation is None
+
+    # Back at its turn, it imports on the slot held for it: no race, no failed write
+    now[0] += waiting.retry_after or 0
+    calls.clear()
+    waits.clear()
+    done = importer.run(request("account", ids[2], source="sqs"), reservation=held)
+    assert done.result == "imported"
+    assert sorted(calls) == ["PutEvents", "TransactWriteItems", "UpdateItem", "UpdateItem"]
+    assert len(waits) == 1 and 0 <= waits[0] < 1.0  # waited in process for the turn itself

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from crm_to_books.limiter import Denied, Permit, RateLimiter
+from crm_to_books.limiter import Denied, Permit, RateLimiter, Reservation
 from crm_to_books.settings import Organization
 from tests.functional.conftest import NAMES, ORG
 
@@ -56,3 +56,75 @@ def test_a_call_whose_container_died_counts_for_a_window_after_its_lease_ended(
 
     # ...until one window after the lease ended
     assert isinstance(limiter_at(T0 + lease + window + 1).acquire(ORG, limits), Permit)
+
+
+def _full_window(limits: Organization, at: float, calls: float = 0.5) -> RateLimiter:
+    """A container that made a window's calls, each `calls` seconds long, from `at`."""
+    moment = [at]
+    limiter = RateLimiter(NAMES.state_table, clock=lambda: moment[0], window_seconds=60.0)
+    for _ in range(limits.requests_per_minute):
+        permit = limiter.acquire(ORG, limits)
+        assert isinstance(permit, Permit)
+        moment[0] += calls
+        limiter.release(permit)
+    return limiter
+
+
+def test_a_queued_caller_denied_a_slot_is_given_one_held_from_when_it_frees(
+    aws_world: dict[str, Any],
+) -> None:
+    limits = Organization(requests_per_minute=3, max_concurrency=2)
+    _full_window(limits, T0)  # three calls, finished at T0 + 0.5, 1.0 and 1.5
+    first_free = T0 + 0.5 + 60.0
+
+    # When two queued callers ask while every slot counts
+    now = T0 + 10
+    one = limiter_at(now).acquire(ORG, limits, reserve=True)
+    two = limiter_at(now).acquire(ORG, limits, reserve=True)
+
+    # Then each holds a different slot from the moment its last call stops counting
+    assert isinstance(one, Reservation) and isinstance(two, Reservation)
+    assert one.slot != two.slot
+    assert {round(one.start_at - first_free, 1), round(two.start_at - first_free, 1)} <= {
+        0.1,
+        0.6,
+        1.1,
+    }
+    # and an HTTP caller (who cannot carry one) is told when to come back, as before
+    plain = limiter_at(now).acquire(ORG, limits)
+    assert isinstance(plain, Denied) and plain.reason == "per_minute"
+
+    # When the slot frees, someone without the reservation cannot take the held one...
+    at_turn = max(one.start_at, two.start_at) + 0.01
+    other = limiter_at(at_turn).acquire(ORG, limits)
+    assert not isinstance(other, Permit) or other.slot not in (one.slot, two.slot)
+
+    # ...and the holder, back at its turn in any container, takes it with a seat
+    taken = limiter_at(at_turn).acquire(ORG, limits, reserve=True, reservation=one)
+    assert isinstance(taken, Permit) and taken.slot == one.slot
+    assert taken.start_at >= one.start_at
+
+
+def test_a_reservation_its_caller_never_used_lapses_and_the_slot_serves_others(
+    aws_world: dict[str, Any],
+) -> None:
+    limits = Organization(requests_per_minute=1, max_concurrency=2)
+    lease, window = 40.0, 60.0
+    _full_window(limits, T0)
+    held = limiter_at(T0 + 5, lease_seconds=lease).acquire(ORG, limits, reserve=True)
+    assert isinstance(held, Reservation)
+
+    # The message carrying it is lost: the slot counts as a call made at its turn
+    late = held.start_at + lease + window + 1
+    assert isinstance(limiter_at(late).acquire(ORG, limits), Permit)
+
+    # and a caller coming back with the lapsed reservation asks as anyone does
+    stale = limiter_at(late + 0.5).acquire(ORG, limits, reserve=True, reservation=held)
+    assert isinstance(stale, Denied)  # the one slot is busy again, with a call in flight
+
+
+def test_a_reservation_is_carried_as_text_and_a_made_up_one_is_refused() -> None:
+    held = Reservation(ORG, 7, 12_345_678, T0 + 61.25)
+    assert Reservation.decode(ORG, held.encode()) == held
+    for forged in ("", "r1:7:x:1", "r2:7:1:1", "r1:-1:5:5", "r1:7:1", "r1:7:1:0", None):
+        assert Reservation.decode(ORG, forged) is None

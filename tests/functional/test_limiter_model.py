@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from moto import mock_aws
 
-from crm_to_books.limiter import AHEAD_SECONDS, Denied, Permit, RateLimiter, next_utc_midnight
+from crm_to_books.limiter import (
+    AHEAD_SECONDS,
+    Denied,
+    Permit,
+    RateLimiter,
+    Reservation,
+    next_utc_midnight,
+)
 from crm_to_books.settings import Organization
 from tests.functional.conftest import NAMES, create_tables
 
@@ -72,6 +79,8 @@ class LimiterModel(RuleBasedStateMachine):
         self.events = 0  # permits, releases, deaths and parks so far
         self.unclean_until = 0.0  # a call not released may count until then
         self.told: dict[str, Told] = {}
+        self.held: list[Reservation] = []  # rate slots held for queued callers, not yet used
+        self.last_turn = float("-inf")  # when the last turn was held
 
     def teardown(self) -> None:
         self._mock.stop()
@@ -109,30 +118,95 @@ class LimiterModel(RuleBasedStateMachine):
         except ClientError:  # a throttled acquire: no permit, nothing to release
             return
         if isinstance(got, Permit):
-            self.events += 1
-            self.told.pop(name, None)
-            start = max(self.now, got.start_at - SKEWS[name])
-            assert start >= self.parked_until, "a permit while Zoho said stop"
-            self.calls.append(Call(name, got, start, start + TIMEOUT))
+            self._permitted(name, got)
             return
         self._check_told(name, got)
         flying = any(c.ended is None for c in self.calls)
         exact = not flying and self.now >= self.unclean_until
         self.told[name] = Told(got, self.now, self.events, exact)
 
+    def _permitted(self, name: str, got: Permit) -> None:
+        self.events += 1
+        self.told.pop(name, None)
+        start = max(self.now, got.start_at - SKEWS[name])
+        assert start >= self.parked_until, "a permit while Zoho said stop"
+        self.calls.append(Call(name, got, start, start + TIMEOUT))
+
     def _check_told(self, name: str, denied: Denied) -> None:
         """A denial says when, in the future, and no later than what it waits for."""
         now = self.now + SKEWS[name]
         assert denied.retry_after > 0, denied
         assert abs(denied.until - (now + denied.retry_after)) < 0.01, denied
+        # A slot held for a turn (at most a lease and a window ahead when it was held) is busy
+        # until its turn's lease ends, plus a window.
+        turns = self.now - self.last_turn < LEASE + 2 * WINDOW + 1.0
         longest = {
-            "per_minute": LEASE + WINDOW + 1.0,
+            "per_minute": LEASE + WINDOW + 1.0 + (WINDOW if turns else 0.0),
             "concurrency": LEASE,
             "contention": 1.0,
             "daily": next_utc_midnight(now) - now,
             "blocked": max(self.parked_until - self.now, 0.0) + 0.25,  # skews and the margin
         }
         assert denied.retry_after <= longest[denied.reason] + 0.01, denied
+
+    @rule(name=st.sampled_from(sorted(SKEWS)))
+    def ask_for_a_turn(self, name: str) -> None:
+        """A queued caller (it can carry a reservation) asks: a permit, a slot held for it from
+        a time (its turn, never sooner than the slot frees), or a denial saying when."""
+        if self.busy(name):
+            return
+        try:
+            got = self.limiter(name).acquire(ORG, LIMITS, reserve=True)
+        except ClientError:
+            return
+        if isinstance(got, Reservation):
+            self._held(got)
+            assert got.start_at > self.now + SKEWS[name] - 0.01, got  # a slot that frees later
+            assert got.start_at <= self.now + SKEWS[name] + LEASE + WINDOW + 1.0, got
+            return
+        if isinstance(got, Permit):
+            self._permitted(name, got)
+            return
+        self._check_told(name, got)
+
+    @precondition(lambda self: bool(self.held))
+    @rule(
+        data=st.data(), name=st.sampled_from(sorted(SKEWS)), late=st.sampled_from((0.0, 0.5, 30.0))
+    )
+    def come_back_for_the_turn(self, data: st.DataObject, name: str, late: float) -> None:
+        """The message comes back (to any container) at its turn, or late: the held slot is
+        taken, or the caller asks as anyone does (it lapsed); either way, within the limits."""
+        if self.busy(name):
+            return
+        held = data.draw(st.sampled_from(self.held))
+        self.held.remove(held)
+        self.now = max(self.now, held.start_at - 1.0 + late)
+        try:
+            got = self.limiter(name).acquire(ORG, LIMITS, reserve=True, reservation=held)
+        except ClientError:
+            return  # the message comes back again later: the reservation may lapse by then
+        if isinstance(got, Reservation):
+            self._held(got)
+            return
+        if isinstance(got, Permit):
+            self.events += 1
+            if got.slot == held.slot and late < LEASE:
+                assert got.start_at >= held.start_at - 0.01, (got, held)
+            start = max(self.now, got.start_at - SKEWS[name])
+            assert start >= self.parked_until, "a permit while Zoho said stop"
+            assert start <= self.now + AHEAD_SECONDS + 0.2, (got, held)
+            self.calls.append(Call(name, got, start, start + TIMEOUT))
+            return
+        self._check_told(name, got)
+
+    def _held(self, reservation: Reservation) -> None:
+        """A held slot counts until its turn's lease ends, plus a window, if nobody uses it (its
+        message lost, or back too late): the limiter's times are guesses until then."""
+        self.events += 1
+        self.held.append(reservation)
+        self.last_turn = self.now
+        end = reservation.start_at + LEASE + WINDOW + 1.0
+        self.unclean_until = max(self.unclean_until, end)
 
     @rule(name=st.sampled_from(sorted(SKEWS)), throttled=st.booleans())
     def quick_call(self, name: str, throttled: bool) -> None:
@@ -141,6 +215,8 @@ class LimiterModel(RuleBasedStateMachine):
         call = self.calls[-1] if self.calls else None
         if call is None or call.container != name or call.ended is not None:
             return
+        if self.now > call.deadline:
+            return  # the function's timeout ended it long ago: see `die`
         self.now = max(self.now, call.start)
         call.arrived = self.now
         self._release(call, throttled)
@@ -247,6 +323,7 @@ class LimiterModel(RuleBasedStateMachine):
         """Once every call is done (or its container dead) and a window has passed after its
         lease, nothing leaked: a permit is granted, unless the day's calls are spent."""
         quiet = max((c.start + LEASE + WINDOW + 1.0 for c in self.calls), default=self.now)
+        quiet = max(quiet, self.unclean_until)  # held slots nobody came back for
         self.now = max(self.now, quiet, self.parked_until + 0.25)  # skews and the margin
         today = datetime.fromtimestamp(self.now, UTC).date()
         spent = (

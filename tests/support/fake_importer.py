@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from crm_to_books.entities import get_entity
 from crm_to_books.errors import InvalidRequest
+from crm_to_books.limiter import Reservation
 from crm_to_books.models import ImportError_, ImportRecord, ImportRequest, Status
 from crm_to_books.settings import Organization, Settings
 
@@ -66,6 +67,7 @@ class Script:
     parked: bool = False
     error: ImportError_ | None = None
     recorded: bool | None = None  # None: as the engine, not when rate-limited
+    reservation: Reservation | None = None  # the rate slot held for the retry
 
 
 class FakeLedger:
@@ -123,6 +125,7 @@ class FakeImporter:
         self.scripts: dict[str, Script] = {}
         self.redrive_count = 0
         self.token_results: list[dict[str, str]] = []
+        self.reservations: list[Reservation | None] = []  # what each run was given
 
     def script(self, crm_id: str, **how: Any) -> None:
         self.scripts[crm_id] = Script(**how)
@@ -138,8 +141,10 @@ class FakeImporter:
         last_delivery: bool = False,
         sync: bool = False,
         holder: Any = None,
+        reservation: Reservation | None = None,
     ) -> FakeOutcome:
         self.calls.append(("run", (request, last_delivery)))
+        self.reservations.append(reservation)
         self.settings.organization(request.organization_id)
         entity = get_entity(request.kind)
         existing = self.ledger.records.get(request.key)
@@ -159,7 +164,8 @@ class FakeImporter:
         if queued:
             self.enqueue(request, how.retry_after or 0)
         elif holder is not None and how.result == "retry_later" and not how.parked:
-            holder.hold(how.retry_after or 60, fresh=how.rate_limited)  # as the engine does
+            # as the engine does
+            holder.hold(how.retry_after or 60, fresh=how.rate_limited, reservation=how.reservation)
         return FakeOutcome(
             request,
             record,

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from crm_to_books import batch
+from crm_to_books.limiter import Reservation
 from crm_to_books.models import ImportError_, Status
 from tests.support.fake_importer import ENDPOINT, ORG, FakeImporter, FakeSqs
 from tests.support.lambda_events import LambdaContext, eventbridge_body, sqs_event, sqs_record
@@ -206,3 +207,81 @@ def test_records_not_started_before_the_function_runs_out_of_time_are_requeued(
     assert failures(response) == []
     assert [m["DelaySeconds"] for m in sqs.sent] == [0, 0]
     assert [c for c in importer.calls if c[0] == "run"] == []
+
+
+def test_a_record_requeued_unstarted_keeps_the_rate_slot_held_for_it(
+    importer: FakeImporter,
+) -> None:
+    held = Reservation(ORG, 1, 1_234_567, 1_795_000_061.5)
+    record = sqs_record({"organization_id": ORG, "crm_id": "1"})
+    record["messageAttributes"] = {
+        batch.RESERVATION_ATTRIBUTE: {"stringValue": held.encode(), "dataType": "String"}
+    }
+    sqs = FakeSqs()
+
+    batch.process_batch(
+        sqs_event(record),
+        _ShortOnTime(),  # type: ignore[arg-type]
+        importer=importer,  # type: ignore[arg-type]
+        kind="account",
+        sqs=sqs,  # type: ignore[arg-type]
+    )
+
+    assert sqs.sent[0]["MessageAttributes"] == {
+        batch.RESERVATION_ATTRIBUTE: {"DataType": "String", "StringValue": held.encode()}
+    }
+
+
+def test_the_rate_slot_held_for_a_retry_travels_with_its_delayed_copy_and_back(
+    importer: FakeImporter,
+) -> None:
+    held = Reservation(ORG, 3, 7_654_321, 1_795_000_061.5)
+    importer.script(
+        "2002", result="retry_later", retry_after=41, rate_limited=True, reservation=held
+    )
+    record = sqs_record({"organization_id": ORG, "crm_id": "2002"}, correlation_id="c-1")
+    sqs = FakeSqs()
+
+    run(importer, record, sqs=sqs)
+
+    (copy,) = sqs.sent
+    assert copy["DelaySeconds"] == 41
+    assert copy["MessageAttributes"] == {
+        "correlation_id": {"DataType": "String", "StringValue": "c-1"},
+        batch.RESERVATION_ATTRIBUTE: {"DataType": "String", "StringValue": held.encode()},
+    }
+    # When the copy comes back, its import is given the slot held for it
+    back = sqs_record({"organization_id": ORG, "crm_id": "2002"})
+    back["messageAttributes"] = {
+        name: {"stringValue": v["StringValue"], "dataType": v["DataType"]}
+        for name, v in copy["MessageAttributes"].items()
+    }
+    importer.script("2002", result="imported")
+    run(importer, back)
+    assert importer.reservations == [None, held]
+
+
+def test_a_copy_sent_for_another_reason_drops_a_reservation_it_no_longer_has(
+    importer: FakeImporter,
+) -> None:
+    stale = Reservation(ORG, 3, 7_654_321, 1_795_000_061.5)
+    importer.script("2002", result="retry_later", retry_after=9, rate_limited=True)
+    record = sqs_record({"organization_id": ORG, "crm_id": "2002"})
+    record["messageAttributes"] = {
+        batch.RESERVATION_ATTRIBUTE: {"stringValue": stale.encode(), "dataType": "String"}
+    }
+    sqs = FakeSqs()
+
+    run(importer, record, sqs=sqs)
+
+    assert importer.reservations == [stale]
+    assert sqs.sent[0]["MessageAttributes"] == {}
+
+
+def test_a_made_up_reservation_attribute_gives_the_sender_nothing(importer: FakeImporter) -> None:
+    record = sqs_record({"organization_id": ORG, "crm_id": "2002"})
+    record["messageAttributes"] = {
+        batch.RESERVATION_ATTRIBUTE: {"stringValue": "r1:0:abc:1", "dataType": "String"}
+    }
+    run(importer, record)
+    assert importer.reservations == [None]

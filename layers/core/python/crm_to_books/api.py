@@ -481,6 +481,8 @@ def _answer(outcome: OutcomeLike, location: str) -> Response[Any]:
     """A synchronous import's outcome as the documented answer (docs/api.md). Each says only
     what is known: 429 only when nothing was recorded (nothing imported, nothing owed)."""
     record = outcome.record
+    if record is None:  # only a queued import's attempt may end before reading the ledger
+        raise RuntimeError("a synchronous import's outcome has no record")
     if outcome.result in {"imported", "already_imported"}:
         return _json(200, _success(record, outcome.zoho_data))
     error = outcome.error

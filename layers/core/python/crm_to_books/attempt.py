@@ -36,7 +36,14 @@ from crm_to_books.errors import ConnectionBroken
 from crm_to_books.events import OutcomePublisher
 from crm_to_books.intake import Intake
 from crm_to_books.ledger import AlreadySucceeded, Busy, Claim, Completion, Ledger, epoch
-from crm_to_books.limiter import Denied, Permit, RateLimiter, next_utc_midnight
+from crm_to_books.limiter import (
+    AHEAD_SECONDS,
+    Denied,
+    Permit,
+    RateLimiter,
+    Reservation,
+    next_utc_midnight,
+)
 from crm_to_books.models import ImportError_, ImportRecord, ImportRequest, Status
 from crm_to_books.observability import logger, metrics, tracer
 from crm_to_books.ports import Holder
@@ -69,6 +76,13 @@ LOOKUP_RECHECK_MAX_SECONDS = 6 * 3600.0
 PARK_AFTER_SECONDS = 900.0  # longer waits than SQS's 15-minute delay are parked in the ledger
 MAX_BACKOFF_SECONDS = 900.0
 SHORT_WAIT_SECONDS = 1.0
+DENIALS = {  # the limiter's reasons, as records say them
+    "per_minute": "the organization's per-minute Zoho limit is used up",
+    "concurrency": "the organization's concurrent Zoho calls are at their cap",
+    "daily": "the organization's daily Zoho limit is used up",
+    "blocked": "Zoho asked this service to slow down for this organization",
+    "contention": "many imports for this organization are starting at once",
+}
 CONNECT_HINT = (
     "crm-to-books connect --connection {connection} --data-centre DC --client-id CLIENT_ID"
 )
@@ -77,7 +91,7 @@ CONNECT_HINT = (
 @dataclass(slots=True)
 class ImportOutcome:
     request: ImportRequest
-    record: ImportRecord
+    record: ImportRecord | None  # None: not read, not written (a queued import waits its turn)
     result: Result
     retry_after: float | None = None
     zoho_data: dict[str, Any] | None = None
@@ -89,6 +103,9 @@ class ImportOutcome:
     # retry_later for a wait of the service's own (the settle time, another attempt's lease),
     # not a failure: like a rate limit, it must not count towards a queue's receives
     deferred: bool = False
+    # retry_later: the rate slot held for the retry, which the message that brings it back
+    # carries (`Reservation.encode`)
+    reservation: Reservation | None = None
 
 
 class _Stop(Exception):
@@ -117,6 +134,10 @@ class _Run:
     org: Organization
     needs_lookup: bool
     lookup_after: float
+    sync: bool = False
+    reservation: Reservation | None = None  # held for this attempt's first call, not yet used
+    permit: Permit | None = None  # taken before the lease: for the first call
+    held: Reservation | None = None  # held for the retry this attempt leaves
     sent_at: float | None = None  # when the import left: from then on it may have happened
     zoho_calls: int = 0  # calls to Zoho's import endpoint
 
@@ -158,28 +179,40 @@ class Attempt:
         last_delivery: bool = False,
         sync: bool = False,
         holder: Holder | None = None,
+        reservation: Reservation | None = None,
     ) -> ImportOutcome:
         """Import now. `last_delivery`: the queue dead-letters the message if this fails.
         `sync`: a synchronous caller, whom no queue message stands behind (a retry is queued
         for it). `holder`: the message the request came in, asked to hold a retry before the
-        record says when it is."""
+        record says when it is. `reservation`: the rate slot held for this attempt (carried by
+        the message), used for its first call to Zoho."""
         s = self.settings
         entity = get_entity(request.kind)
         org = s.organization(request.organization_id)
+        early = None if sync else self._before_lease(request, org, reservation)
+        if isinstance(early, ImportOutcome):
+            if holder is not None:
+                holder.hold(early.retry_after or 1.0, fresh=True, reservation=early.reservation)
+            return early
+        if isinstance(early, Reservation):  # its turn is within a second: taken in process
+            reservation, early = early, None
         state = self.ledger.begin(
             request, uuid.uuid4().hex, s.attempt_lease_seconds, s.lookup_settle_seconds
         )
-        if isinstance(state, AlreadySucceeded):
-            return self._known(request, state.record)
-        if isinstance(state, Busy):
-            if sync:
-                return self._wait_for_other(request, state)
-            if holder is not None:
-                holder.hold(state.retry_after, fresh=True)
-            return ImportOutcome(
-                request, state.record, "retry_later", retry_after=state.retry_after, deferred=True
-            )
-        run = _Run(state, entity, org, state.needs_lookup, state.lookup_after)
+        if not isinstance(state, Claim):
+            if early is not None:
+                self.limiter.release(early)  # not used: counts as a call that finished now
+            return self._not_claimed(request, state, sync, holder)
+        run = _Run(
+            state,
+            entity,
+            org,
+            state.needs_lookup,
+            state.lookup_after,
+            sync=sync,
+            reservation=reservation,
+            permit=early,
+        )
         permit: Permit | None = None
         data: dict[str, Any] | None = None
         rate_limited = deferred = False
@@ -238,7 +271,7 @@ class Attempt:
         )
         retry_after = None
         if result == "retry_later":
-            retry_after = max((done.next_attempt_at or self._clock()) - self._clock(), 1.0)
+            retry_after = self._come_back_in(done.next_attempt_at, self._held(run))
         return ImportOutcome(
             request,
             record,
@@ -250,6 +283,25 @@ class Attempt:
             parked=done.parked,
             queued=queued,
             deferred=deferred,
+            reservation=self._held(run) if result == "retry_later" else None,
+        )
+
+    def _not_claimed(
+        self,
+        request: ImportRequest,
+        state: AlreadySucceeded | Busy,
+        sync: bool,
+        holder: Holder | None,
+    ) -> ImportOutcome:
+        """The record was imported already, or another attempt holds its lease."""
+        if isinstance(state, AlreadySucceeded):
+            return self._known(request, state.record)
+        if sync:
+            return self._wait_for_other(request, state)
+        if holder is not None:
+            holder.hold(state.retry_after, fresh=True)
+        return ImportOutcome(
+            request, state.record, "retry_later", retry_after=state.retry_after, deferred=True
         )
 
     # --- the attempt -----------------------------------------------------------------------
@@ -420,17 +472,43 @@ class Attempt:
 
     def _permit(self, run: _Run) -> Permit:
         organization_id = run.request.organization_id
-        got = self.limiter.acquire(organization_id, run.org)
+        got: Permit | Reservation | Denied
+        if run.permit is not None:  # taken before the lease
+            got, run.permit = run.permit, None
+        else:
+            got = self._ask(run)
+        if isinstance(got, Reservation) and got.start_at - self._clock() <= AHEAD_SECONDS:
+            run.reservation = got  # its turn is within a second: waited for here
+            got = self._ask(run)
         if isinstance(got, Denied) and got.retry_after <= SHORT_WAIT_SECONDS and got.brief:
             # A seat frees within a second: one short wait here beats a trip through the
             # queue, whose delays come in whole seconds (and Retry-After too). Once, no spin.
             self._sleep(got.retry_after)
-            got = self.limiter.acquire(organization_id, run.org)
+            got = self._ask(run)
         if isinstance(got, Permit):
+            run.reservation = None  # used, or lapsed
             if got.start_at > self._clock():  # its slot frees within a second: wait for it
                 self._sleep(got.start_at - self._clock())
             return got
+        if isinstance(got, Reservation):
+            run.held = got
+            raise _Stop(self._waits_turn(run, got), rate_limited=True)
+        logger.debug("no permit", extra={"organization_id": organization_id, "why": got.reason})
         raise _Stop(self._denied(run, got), rate_limited=True)
+
+    def _ask(self, run: _Run) -> Permit | Reservation | Denied:
+        """The limiter, asked for a permit; a queue message's attempt may be given a held slot
+        (a reservation) instead of a denial, and uses the one it carries first, at its turn
+        (waited for here before its seat is taken, so a seat is held only for the call)."""
+        held = run.reservation
+        if held is not None and 0 < held.start_at - self._clock() <= AHEAD_SECONDS:
+            self._sleep(held.start_at - self._clock())
+        return self.limiter.acquire(
+            run.request.organization_id,
+            run.org,
+            reserve=not run.sync,
+            reservation=run.reservation,
+        )
 
     @tracer.capture_method(capture_response=False)
     def _timed(self, call: Callable[[AccessToken], ZohoAnswer], token: AccessToken) -> ZohoAnswer:
@@ -603,14 +681,7 @@ class Attempt:
         )
 
     def _denied(self, run: _Run, denied: Denied) -> Completion:
-        reasons = {
-            "per_minute": "the organization's per-minute Zoho limit is used up",
-            "concurrency": "the organization's concurrent Zoho calls are at their cap",
-            "daily": "the organization's daily Zoho limit is used up",
-            "blocked": "Zoho asked this service to slow down for this organization",
-            "contention": "many imports for this organization are starting at once",
-        }
-        why = reasons.get(denied.reason, denied.reason)
+        why = DENIALS.get(denied.reason, denied.reason)
         return Completion(
             Status.RETRYING,
             parked=denied.parks or denied.retry_after > PARK_AFTER_SECONDS,
@@ -620,6 +691,68 @@ class Attempt:
             detail=f"Not sent to Zoho now: {why}. {self._not_done(run)}Next attempt in "
             f"{math.ceil(denied.retry_after)} s.",
         )
+
+    def _waits_turn(self, run: _Run, held: Reservation) -> Completion:
+        wait = held.start_at - self._clock()
+        return Completion(
+            Status.RETRYING,
+            next_attempt_at=held.start_at,
+            retries=run.claim.retries,
+            error=ImportError_(message=DENIALS["per_minute"], category="rate_limited"),
+            detail=f"Not sent to Zoho now: {DENIALS['per_minute']}. "
+            f"{self._not_done(run)}A rate slot is held for it: next attempt in "
+            f"{math.ceil(wait)} s.",
+        )
+
+    def _before_lease(
+        self, request: ImportRequest, org: Organization, reservation: Reservation | None
+    ) -> Permit | Reservation | ImportOutcome | None:
+        """A queued import, when this container already knows its organization is at or near
+        its per-minute limit (or it came back before its held slot's turn): the limiter is
+        asked before the ledger. A held slot or a short wait ends the attempt here: the message
+        holds it (with the slot), and the ledger is neither read nor written (the record stays
+        as it was: queued, or none yet). A permit goes on to the lease; a park goes through
+        the ledger as any attempt's does."""
+        got: Permit | Reservation | Denied
+        if reservation is not None:
+            if reservation.start_at - self._clock() <= AHEAD_SECONDS:
+                return None  # its turn: the attempt takes the held slot
+            got = reservation  # back before its turn: wait for it, nothing asked
+        elif not self.limiter.crowded(request.organization_id, org):
+            return None
+        else:
+            got = self.limiter.acquire(request.organization_id, org, reserve=True)
+        if isinstance(got, Permit):
+            return got
+        if isinstance(got, Reservation) and got.start_at - self._clock() <= AHEAD_SECONDS:
+            return got
+        if isinstance(got, Denied) and (got.parks or got.retry_after > PARK_AFTER_SECONDS):
+            return None
+        held = got if isinstance(got, Reservation) else None
+        wait = self._come_back_in(got.start_at if isinstance(got, Reservation) else got.until, held)
+        reason = "per_minute" if isinstance(got, Reservation) else got.reason
+        return ImportOutcome(
+            request,
+            None,
+            "retry_later",
+            retry_after=wait,
+            error=ImportError_(message=DENIALS.get(reason, reason), category="rate_limited"),
+            rate_limited=True,
+            recorded=False,
+            reservation=held,
+        )
+
+    def _come_back_in(self, when: float | None, held: Reservation | None) -> float:
+        """Seconds until the retry: for a held slot, whole seconds that land at most a second
+        before its turn (queue delays are whole seconds; the attempt waits for the turn)."""
+        wait = (when or self._clock()) - self._clock()
+        if held is not None:
+            return float(max(1, math.floor(wait)))
+        return max(wait, 1.0)
+
+    @staticmethod
+    def _held(run: _Run) -> Reservation | None:
+        return run.held or run.reservation
 
     def _not_done(self, run: _Run) -> str:
         """What is known of Books for a record this attempt did not import."""
@@ -683,7 +816,7 @@ class Attempt:
         if sync:
             return self._queue_or_park(run, done)
         if holder is not None:
-            self._hold(holder, done, fresh)
+            self._hold(holder, done, fresh, self._held(run))
         if last_delivery and not fresh:
             done.in_dlq = True
             done.detail = (done.detail or "") + (
@@ -692,12 +825,16 @@ class Attempt:
             )
         return False
 
-    def _hold(self, holder: Holder, done: Completion, fresh: bool) -> None:
-        """The message holds the retry; if it cannot be told when, it comes back when its
-        visibility ends, and the record says that time instead."""
+    def _hold(
+        self, holder: Holder, done: Completion, fresh: bool, held: Reservation | None
+    ) -> None:
+        """The message holds the retry (and the rate slot held for it); if it cannot be told
+        when, it comes back when its visibility ends, and the record says that time instead."""
         now = self._clock()
         wait = max((done.next_attempt_at or now) - now, 0.0)
-        if not holder.hold(wait, fresh):
+        if held is not None:
+            wait = self._come_back_in(done.next_attempt_at, held)
+        if not holder.hold(wait, fresh, reservation=held):
             done.next_attempt_at = now + max(wait, holder.fallback_seconds)
             done.detail = (done.detail or "") + (
                 f" (The queue brings it back in {math.ceil(holder.fallback_seconds)} s.)"

@@ -33,6 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_to_books import triggers
 from crm_to_books.errors import InvalidRequest, UnknownOrganization
+from crm_to_books.limiter import Reservation
 from crm_to_books.observability import logger, metrics
 from crm_to_books.ports import ImporterLike
 from crm_to_books.topology import (
@@ -49,6 +50,10 @@ if TYPE_CHECKING:
 MAX_VISIBILITY_SECONDS = 12 * 3600 - FUNCTION_TIMEOUT_SECONDS
 DEFAULT_RETRY_SECONDS = 60
 SQS_MAX_DELAY_SECONDS = 900
+SQS_MAX_ATTRIBUTES = 10  # message attributes a message may carry
+# The rate slot held for a delayed copy's import (`limiter.Reservation`). A sender's attribute of
+# this name gets it nothing: the slot must hold what the reservation says.
+RESERVATION_ATTRIBUTE = "crm-to-books-reservation"
 
 
 class RetryLater(Exception):
@@ -85,7 +90,8 @@ def _record_handler(
         logger.set_correlation_id(record.message_id)
         message = MessageHolder(sqs, record)
         if context is not None and context.get_remaining_time_in_millis() < budget_ms:
-            if not message.hold(0, fresh=True):  # not started: another invocation takes it
+            # Not started: another invocation takes it (with the rate slot held for it).
+            if not message.hold(0, fresh=True, keep_reservation=True):
                 raise RetryLater("requeue failed")
             return "requeued"
         try:
@@ -96,7 +102,12 @@ def _record_handler(
             return "poison"
         logger.set_correlation_id(request.correlation_id)
         message.tenant = request.organization_id
-        outcome = importer.run(request, last_delivery=_last_delivery(record, sqs), holder=message)
+        outcome = importer.run(
+            request,
+            last_delivery=_last_delivery(record, sqs),
+            holder=message,
+            reservation=message.reservation(request.organization_id),
+        )
         log = {"kind": request.kind, "crm_id": request.crm_id, "result": outcome.result}
         if outcome.result != "retry_later":
             logger.info("import done", extra=log)
@@ -182,7 +193,19 @@ class MessageHolder:
         """When the message comes back if `hold` fails: its queue's visibility timeout."""
         return float(QUEUE_VISIBILITY_TIMEOUT_SECONDS)
 
-    def hold(self, seconds: float, fresh: bool) -> bool:
+    def reservation(self, organization_id: str) -> Reservation | None:
+        """The rate slot held for this message's import, if it carries one."""
+        value = (self._record.raw_event.get("messageAttributes") or {}).get(RESERVATION_ATTRIBUTE)
+        return Reservation.decode(organization_id, (value or {}).get("stringValue"))
+
+    def hold(
+        self,
+        seconds: float,
+        fresh: bool,
+        reservation: Reservation | None = None,
+        *,
+        keep_reservation: bool = False,
+    ) -> bool:
         wait = _visibility(seconds)
         record = self._record
         url = triggers.queue_url(record.event_source_arn, self._sqs.meta.endpoint_url)
@@ -195,7 +218,13 @@ class MessageHolder:
                     }
                     for name, value in (record.raw_event.get("messageAttributes") or {}).items()
                     if value.get("stringValue") is not None
+                    and (keep_reservation or name != RESERVATION_ATTRIBUTE)
                 }
+                if reservation is not None and len(attributes) < SQS_MAX_ATTRIBUTES:
+                    attributes[RESERVATION_ATTRIBUTE] = {
+                        "DataType": "String",
+                        "StringValue": reservation.encode(),
+                    }
                 send: dict[str, Any] = {
                     "QueueUrl": url,
                     "MessageBody": record.body,

@@ -62,6 +62,8 @@ from crm_to_books.settings import Organization
 MAX_TRIES = 8  # conditional writes lost to another container taking the same slot or seat
 STAMP_MODULUS = 10**8  # centiseconds: about 11.6 days
 STAMP_AHEAD = 3_600 * 100  # a stamp up to an hour ahead of this clock is read as the future
+RELEASED_HERE = "_released_here"  # in a container's view only: the slots it released since
+MAX_HOLD_TRIES = 2  # reservations one acquire may try
 AHEAD_SECONDS = 1.0  # a permit may start this far ahead: queue delays come in whole seconds
 # Two containers' clocks may disagree by this much: each within 50 ms of the true time (Lambda
 # keeps them much closer), and 20 ms for rounding. It costs 0.2% of a 60 s window.
@@ -118,6 +120,42 @@ class Denied:
         return self.reason in ("concurrency", "contention")
 
 
+RESERVATION_FORMAT = "r1"
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A rate slot held for one caller from `start_at` (a pacer's turn): taken when a denied
+    caller can be told exactly when a slot frees, so that it comes back to a slot of its own
+    instead of racing other waiters for it. It holds no seat: the seat is taken when the call
+    is made (`acquire(..., reservation=...)`). It is the caller's while the slot still holds
+    `held` (until `start_at` plus a lease); after that the slot is anyone's again."""
+
+    organization_id: str
+    slot: int
+    held: int  # the stamp the slot holds for it
+    start_at: float  # epoch seconds: its turn
+
+    def encode(self) -> str:
+        """As carried by the queue message that comes back for it."""
+        return f"{RESERVATION_FORMAT}:{self.slot}:{self.held}:{round(self.start_at * 100)}"
+
+    @classmethod
+    def decode(cls, organization_id: str, text: str | None) -> Reservation | None:
+        """None for anything but what `encode` wrote (a sender cannot do more with a made-up
+        one than lose a conditional write: the slot must hold `held`)."""
+        parts = (text or "").split(":")
+        if len(parts) != 4 or parts[0] != RESERVATION_FORMAT:
+            return None
+        try:
+            slot, held, start = (int(p) for p in parts[1:])
+        except ValueError:
+            return None
+        if not (0 <= slot < 100_000 and 0 <= held < STAMP_MODULUS and start > 0):
+            return None
+        return cls(organization_id, slot, held, start / 100)
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -153,34 +191,53 @@ class RateLimiter:
     def key(organization_id: str) -> dict[str, Any]:
         return {"pk": {"S": f"limiter#{organization_id}"}}
 
-    def acquire(self, organization_id: str, org: Organization) -> Permit | Denied:
+    def acquire(
+        self,
+        organization_id: str,
+        org: Organization,
+        *,
+        reserve: bool = False,
+        reservation: Reservation | None = None,
+    ) -> Permit | Reservation | Denied:
+        """A permit now (or within `AHEAD_SECONDS`: `Permit.start_at`), or why not and when to
+        come back. `reserve`: the caller can carry a `Reservation` (a queue message can, an
+        HTTP caller cannot): when every rate slot is busy, hold one for it instead of a denial.
+        `reservation`: the one the caller carries, taken first if it is still its own."""
+        if reservation is not None and reservation.organization_id == organization_id:
+            took = self._take_reserved(organization_id, org, reservation)
+            if took is not None:
+                return took
         fresh = False  # the view was read during this acquire
+        holds = 0  # reservations tried: racing every waiter for a slot costs more than waiting
+        lost = False  # a conditional write for a slot was lost to another container
         for _ in range(MAX_TRIES):
-            if organization_id not in self._known:
-                self._known[organization_id] = (self._read(organization_id), self._clock())
-                fresh = True
-            item, seen = self._known[organization_id]
-            now = self._clock()
-            view = _View.of(item, now, self._window, seen, self._lease, self._hold)
+            view, now, read = self._view(organization_id)
+            fresh = fresh or read
             mine = self._mine.get(organization_id)
             spread = self._spread.get(organization_id, org.max_concurrency)
-            plan = view.plan(org, now, self._lease, self._hold, mine, spread)
+            # A caller that can be given a turn does not race for the one or two slots about to
+            # free (many containers racing for them cost more calls than the imports): it takes
+            # one free now, or, once it lost such a race, holds one of the next to free.
+            reach = (-1.0 if lost else 0.0) if reserve else AHEAD_SECONDS
+            plan = view.plan(org, now, self._lease, self._hold, mine, spread, reach)
             if isinstance(plan, tuple) and isinstance(plan[0], Denied):
-                denied, aim = plan
-                if mine is not None and mine[0] is not None:  # came back and lost its slot
-                    self._widen(organization_id, org)
-                self._mine[organization_id] = (
-                    aim,
-                    self._mine.get(organization_id, (None, None))[1],
-                )
-                plan = denied
+                plan = self._aim(organization_id, org, mine, *plan)
             if isinstance(plan, Denied):
-                if not fresh and not view.proves(plan, now):
+                can_hold = reserve and plan.reason == "per_minute" and holds < MAX_HOLD_TRIES
+                if not fresh and (not view.proves(plan, now) or (can_hold and view.must_look(now))):
                     # Seats free when calls are released, and a view older than a window may
-                    # hide released calls whose slots are free: look before saying no.
+                    # hide released calls whose slots are free; a call released since the view
+                    # leaves a slot that can be held: look before saying no.
                     self._known.pop(organization_id)
                     continue
-                return plan
+                if not can_hold:
+                    return plan
+                holds += 1
+                held = self._reserve(organization_id, org, view, plan, spread)
+                if held is None:  # someone took or held that slot first
+                    fresh = True
+                    continue
+                return held
             slot, chair, start = plan
             try:
                 taken = self._take(organization_id, org, view, slot, chair, now, start)
@@ -190,12 +247,150 @@ class RateLimiter:
                 # Someone took that slot or seat first: start again from the item as it is now.
                 self._known[organization_id] = (dynamo.old_item(exc) or {}, self._clock())
                 self._widen(organization_id, org)
-                fresh = True
+                fresh = lost = True
                 continue
             self._known[organization_id] = (taken, now)
             self._mine[organization_id] = (None, chair)
             self._spread[organization_id] = max(org.max_concurrency, spread // 2)
             return Permit(organization_id, slot, chair, start_at=start, granted_at=now)
+        wait = random.uniform(0.2, 1.0)
+        return Denied(wait, "contention", self._clock() + wait)
+
+    def _aim(
+        self,
+        organization_id: str,
+        org: Organization,
+        mine: tuple[int | None, int | None] | None,
+        denied: Denied,
+        aim: int,
+    ) -> Denied:
+        """Remember the slot a per-minute denial aims this container at."""
+        if mine is not None and mine[0] is not None:  # came back and lost its slot
+            self._widen(organization_id, org)
+        self._mine[organization_id] = (aim, self._mine.get(organization_id, (None, None))[1])
+        return denied
+
+    def crowded(self, organization_id: str, org: Organization) -> bool:
+        """Whether this container knows, without a call, that the organization is at or near
+        its per-minute limit (fewer rate slots free than a tenth of the limit, at most as many
+        as calls may run at once, at least one), or that it lost a race for a slot lately: a
+        caller that can carry a reservation then asks the limiter before writing anything
+        else, since it is likely to wait for a turn."""
+        known = self._known.get(organization_id)
+        if known is None:
+            return False
+        item, seen = known
+        now = self._clock()
+        # A view older than a window says nothing of now: as crowded as it was when read (a
+        # container back from a long wait for its turn finds the organization as it left it).
+        at = now if now - seen < self._window else seen
+        cap, rpm = org.max_concurrency, org.requests_per_minute
+        busy = sum(1 for k, t in _View.stamps(item, at).items() if k < rpm and t > at)
+        lost = self._spread.get(organization_id, cap) > cap
+        return lost or rpm - busy < max(1, min(cap, rpm // 10))
+
+    def _reserve(
+        self, organization_id: str, org: Organization, view: _View, denied: Denied, spread: int
+    ) -> Reservation | Denied | None:
+        """Hold a slot from when it frees: one conditional write. `denied` if no slot can be
+        held (each in flight or held already); None if the write lost to someone who took or
+        held that slot since this view (the item as it is now is known then)."""
+        now = self._clock()
+        turn = view.reservable(org, now, max(org.max_concurrency, spread))
+        if turn is None:  # back when a call is released: its slot can be held then
+            return view.when_released(org, now, max(org.max_concurrency, spread)) or denied
+        slot, free_at = turn
+        held = stamp(free_at + self._lease + self._window + SKEW_SECONDS)
+        try:
+            answer = self.client.update_item(
+                TableName=self._table,
+                Key=self.key(organization_id),
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **view.hold(org, slot, held, now),
+            )
+        except ClientError as exc:
+            if not dynamo.condition_failed(exc):
+                raise
+            self._known[organization_id] = (dynamo.old_item(exc) or {}, self._clock())
+            self._widen(organization_id, org)
+            return None
+        self._known[organization_id] = (dynamo.load(answer.get("Attributes")) or {}, now)
+        spread = self._spread.get(organization_id, org.max_concurrency)
+        self._spread[organization_id] = max(org.max_concurrency, spread // 2)
+        self._mine[organization_id] = (None, self._mine.get(organization_id, (None, None))[1])
+        return Reservation(organization_id, slot, held, free_at)
+
+    def _view(self, organization_id: str) -> tuple[_View, float, bool]:
+        """The item as this container last saw it (read if it never did), now, and whether it
+        was read just now."""
+        read = organization_id not in self._known
+        if read:
+            self._known[organization_id] = (self._read(organization_id), self._clock())
+        item, seen = self._known[organization_id]
+        now = self._clock()
+        return _View.of(item, now, self._window, seen, self._lease, self._hold), now, read
+
+    def _take_reserved(
+        self, organization_id: str, org: Organization, reservation: Reservation
+    ) -> Permit | Denied | None:
+        """The reserved slot with a seat, if the slot still holds the reservation; None if it
+        does not (it lapsed: the caller asks as anyone does)."""
+        fresh = False
+        for _ in range(MAX_TRIES):
+            view, now, read = self._view(organization_id)
+            fresh = fresh or read
+            if view.renew:  # an item to be written anew holds no reservation
+                if fresh:
+                    return None
+                self._known.pop(organization_id)
+                continue
+            stop = view.stops(org, now)
+            if stop is not None:  # a park and the day's count only grow: a view proves them
+                return stop
+            seats = [j for j in range(org.max_concurrency) if view.seats.get(j, 0.0) <= now]
+            if not seats:
+                if not fresh:  # a seat may have freed since this view: look first
+                    self._known.pop(organization_id)
+                    continue
+                leases = [t for j, t in view.seats.items() if j < org.max_concurrency]
+                wait = max(min(min(leases) - self._lease + self._hold - now, 1.0), 0.05)
+                return Denied(wait, "concurrency", now + wait)
+            sat = self._mine.get(organization_id, (None, None))[1]
+            # Its own seat, if free: those holding turns come one after the other, each to a
+            # seat its slot names, instead of colliding on a few.
+            named = reservation.slot % org.max_concurrency
+            chair = next((j for j in (named, sat) if j in seats), random.choice(seats))
+            start = max(now, reservation.start_at)
+            try:
+                answer = self.client.update_item(
+                    TableName=self._table,
+                    Key=self.key(organization_id),
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    **view.take(
+                        org,
+                        reservation.slot,
+                        chair,
+                        now,
+                        start,
+                        self._lease,
+                        self._window,
+                        held=reservation.held,
+                    ),
+                )
+            except ClientError as exc:
+                if not dynamo.condition_failed(exc):
+                    raise
+                old = dynamo.old_item(exc) or {}
+                self._known[organization_id] = (old, self._clock())
+                fresh = True
+                if old.get(rate_slot(reservation.slot)) != reservation.held:
+                    return None  # no longer held for it
+                continue  # a seat taken first, a new day, a park: again from the item as it is
+            self._known[organization_id] = (dynamo.load(answer.get("Attributes")) or {}, now)
+            self._mine[organization_id] = (None, chair)
+            return Permit(organization_id, reservation.slot, chair, start_at=start, granted_at=now)
         wait = random.uniform(0.2, 1.0)
         return Denied(wait, "contention", self._clock() + wait)
 
@@ -265,6 +460,8 @@ class RateLimiter:
         item, seen = known
         updated = {k: v for k, v in item.items() if k != seat(permit.seat)}
         updated[rate_slot(permit.slot)] = stamp(done + self._window + SKEW_SECONDS)
+        # Its time is exact though written after the view was read (not a call in flight).
+        updated[RELEASED_HERE] = {*item.get(RELEASED_HERE, ()), permit.slot}
         self._known[permit.organization_id] = (updated, seen)
 
     def release(self, permit: Permit) -> None:
@@ -335,6 +532,19 @@ class _View:
     seen: float  # when DynamoDB returned it
     window: float
     expected: dict[int, float]  # rate slot -> when it should be free (a call in flight: a guess)
+    done: frozenset[int]  # rate slots whose call was released (their time is exact)
+    own: frozenset[int]  # ... of which this container released since the view was read
+
+    @staticmethod
+    def stamps(item: dict[str, Any], now: float) -> dict[int, float]:
+        """The rate slots of an item in the current layout, as epoch seconds."""
+        if "v" in item:
+            return {}
+        return {
+            int(name[1:]): unstamp(value, now)
+            for name, value in item.items()
+            if name[:1] == "r" and name[1:].isdigit()
+        }
 
     @classmethod
     def of(
@@ -365,8 +575,10 @@ class _View:
         # A slot busy for longer than a window after the view was taken holds a call that was in
         # flight then: it frees a window after that call ends, about `hold` after it started.
         counted = window + SKEW_SECONDS
+        mine = item.get(RELEASED_HERE) or set()
+        done = frozenset(k for k, t in slots.items() if t <= seen + counted or k in mine)
         expected = {
-            k: t if t <= seen + counted else min(t, max(t - lease - counted + hold, seen) + counted)
+            k: t if k in done else min(t, max(t - lease - counted + hold, seen) + counted)
             for k, t in slots.items()
         }
         return cls(
@@ -382,6 +594,8 @@ class _View:
             seen=seen,
             window=window,
             expected=expected,
+            done=done,
+            own=frozenset(mine),
         )
 
     def proves(self, denied: Denied, now: float) -> bool:
@@ -392,6 +606,81 @@ class _View:
             return now - self.seen < self.window
         return denied.reason != "concurrency"
 
+    def _releases(self, rpm: int | None = None) -> list[float]:
+        """When the calls in flight (or held slots' calls) as seen should be released."""
+        counted = self.window + SKEW_SECONDS
+        return sorted(
+            self.expected[k] - counted
+            for k in self.slots
+            if (rpm is None or k < rpm) and k not in self.done
+        )
+
+    def must_look(self, now: float) -> bool:
+        """Whether a caller to be given a turn must read the item first: this container
+        released no slot it could hold, and a call in flight when this view was taken should
+        have been released by now (its slot could be held then, which this view cannot show)."""
+        if any(k in self.own and t > now for k, t in self.slots.items()):
+            return False
+        return any(t <= now for t in self._releases())
+
+    def when_released(self, org: Organization, now: float, spread: int) -> Denied | None:
+        """Back when one of the next calls to end is released (a held slot's call, or one in
+        flight), at random among the first `spread`: its slot can be held for the next turn."""
+        releases = [t for t in self._releases(org.requests_per_minute) if t > now]
+        if not releases:
+            return None
+        wait = max(1.0, math.ceil(random.choice(releases[: max(spread, 1)]) - now))
+        return Denied(wait, "per_minute", now + wait)
+
+    def stops(self, org: Organization, now: float) -> Denied | None:
+        """Why nobody may call now whatever the slots: Zoho said stop, or the day is spent."""
+        if self.parked_until > now:
+            reason = "daily" if self.park_reason == "daily" else "blocked"
+            return Denied(self.parked_until - now, reason, self.parked_until)
+        if self.day_count >= org.daily_limit:
+            until = next_utc_midnight(now)
+            return Denied(until - now, "daily", until)
+        return None
+
+    def reservable(self, org: Organization, now: float, spread: int) -> tuple[int, float] | None:
+        """A rate slot to hold for a denied caller, and when it frees: one whose call is done
+        (its time is exact, not a guess about a call in flight) and that nobody holds, among
+        the `spread` that free first: one this container released, if there is one (the others
+        do not know yet that it is done, so they do not race for it), else one at random. None
+        if there is none."""
+        rpm = org.requests_per_minute
+        if self.renew or any(k >= rpm and t > now for k, t in self.slots.items()):
+            return None  # the limit was lowered while calls still counted: wait as told
+        done = sorted(
+            (t, k)
+            for k, t in self.slots.items()
+            if k < rpm and k in self.done and t > now and rate_slot(k) in self.raw
+        )
+        if not done:
+            return None
+        first = done[: max(spread, 1)]
+        mine = [(t, k) for t, k in first if k in self.own]
+        t, k = mine[0] if mine else random.choice(first)
+        return k, t
+
+    def hold(self, org: Organization, slot: int, held: int, now: float) -> dict[str, Any]:
+        """`UpdateItem` arguments holding `slot` (still as this view saw it) with `held`."""
+        values: dict[str, Any] = {
+            ":was": self.raw[rate_slot(slot)],
+            ":held": held,
+            ":now": now,
+            ":today": self.today,
+            ":daily": org.daily_limit,
+        }
+        return {
+            "UpdateExpression": "SET #r = :held",
+            "ConditionExpression": "#r = :was AND "
+            "(attribute_not_exists(parked_until) OR parked_until <= :now) AND "
+            "(#day <> :today OR day_count < :daily)",
+            "ExpressionAttributeNames": {"#r": rate_slot(slot), "#day": "day"},
+            "ExpressionAttributeValues": dynamo.dump_values(values),
+        }
+
     def plan(
         self,
         org: Organization,
@@ -400,16 +689,15 @@ class _View:
         hold: float,
         mine: tuple[int | None, int | None] | None = None,
         spread: int = 0,
+        reach: float = AHEAD_SECONDS,
     ) -> tuple[int, int, float] | tuple[Denied, int] | Denied:
         """The slot, seat and start time to take, or why not and when to come back (with the
         slot aimed at, one of the next `spread` to free). `mine`: the slot and seat to take
-        first if they are free."""
-        if self.parked_until > now:
-            reason = "daily" if self.park_reason == "daily" else "blocked"
-            return Denied(self.parked_until - now, reason, self.parked_until)
-        if self.day_count >= org.daily_limit:
-            until = next_utc_midnight(now)
-            return Denied(until - now, "daily", until)
+        first if they are free. `reach`: how far ahead a slot may free to be taken (negative:
+        none is)."""
+        stop = self.stops(org, now)
+        if stop is not None:
+            return stop
         rpm, cap = org.requests_per_minute, org.max_concurrency
         busy = sorted(t for t in self.slots.values() if t > now)
         lowered = any(k >= rpm for k, t in self.slots.items() if t > now)
@@ -418,18 +706,20 @@ class _View:
             return _come_back(soonest[: len(busy) - rpm + 1], now)[0]
         # Slots free now; those the item already has before new ones, so that it stays as
         # small as a window's calls need.
-        span = min(rpm, len(self.slots) + 4 * cap)
+        span = min(rpm, len(self.slots) + max(4 * cap, spread))  # wider once races are lost
         free = [k for k in range(span) if self.slots.get(k, 0.0) <= now]
+        upcoming = sorted((t, k) for k, t in self.slots.items() if k < rpm)
+        if reach < 0 and any(t > now for t, _ in upcoming):
+            free = []  # none taken: one that frees later is held instead
         if not free:
-            upcoming = sorted((t, k) for k, t in self.slots.items() if k < rpm)
-            soon = [k for t, k in upcoming if t - now <= AHEAD_SECONDS]
-            if not soon:
+            ahead = [k for t, k in upcoming if t - now <= reach]
+            if not ahead:
                 # Back when one of the next slots frees, at least as many as can run at once:
                 # those who come keep every seat busy and take the slots that free after
                 # theirs, one after the other, as the calls before them did.
                 first = sorted((self.expected[k], k) for _, k in upcoming)[: max(cap, spread)]
                 return _come_back([t for t, _ in first], now, first)
-            free = soon  # a permit for a slot that frees within a second: the caller waits
+            free = ahead  # a permit for a slot that frees within a second: the caller waits
         seats = [j for j in range(cap) if self.seats.get(j, 0.0) <= now]
         if not seats:
             # When a seat frees is only known once its call is released: come back about when
@@ -453,9 +743,11 @@ class _View:
         start: float,
         lease: float,
         window: float,
+        held: int | None = None,
     ) -> dict[str, Any]:
-        """`UpdateItem` arguments taking `slot` (free at `start`) and `chair` (free now), if the
-        day's count allows one more and the organization is not parked."""
+        """`UpdateItem` arguments taking `slot` (free at `start`, or held for the caller with
+        `held`) and `chair` (free now), if the day's count allows one more and the organization
+        is not parked."""
         lease_end = start + lease
         names = {"#r": rate_slot(slot), "#c": seat(chair), "#day": "day"}
         values: dict[str, Any] = {
@@ -465,9 +757,11 @@ class _View:
             ":one": 1,
             ":now": now,
         }
+        if held is not None:
+            values[":held"] = held
         conditions = [
             "(attribute_not_exists(parked_until) OR parked_until <= :now)",
-            _free("#r", ":r", start, values),
+            _free("#r", ":r", start, values) if held is None else "#r = :held",
             _free("#c", ":c", now, values),
         ]
         if self.day == self.today:

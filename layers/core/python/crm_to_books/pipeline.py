@@ -20,7 +20,7 @@ from crm_to_books.events import OutcomePublisher
 from crm_to_books.intake import Intake
 from crm_to_books.keeper import TokenKeeper
 from crm_to_books.ledger import Ledger
-from crm_to_books.limiter import RateLimiter
+from crm_to_books.limiter import RateLimiter, Reservation
 from crm_to_books.models import ImportRecord, ImportRequest
 from crm_to_books.ports import Holder
 from crm_to_books.redrive import Redrive
@@ -82,8 +82,15 @@ class Importer:
         last_delivery: bool = False,
         sync: bool = False,
         holder: Holder | None = None,
+        reservation: Reservation | None = None,
     ) -> ImportOutcome:
-        return self.attempt.run(request, last_delivery=last_delivery, sync=sync, holder=holder)
+        return self.attempt.run(
+            request,
+            last_delivery=last_delivery,
+            sync=sync,
+            holder=holder,
+            reservation=reservation,
+        )
 
     def accept(self, request: ImportRequest) -> ImportRecord:
         return self.intake.accept(request)

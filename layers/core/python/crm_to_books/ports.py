@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from crm_to_books.limiter import Reservation
 from crm_to_books.models import ImportError_, ImportRecord, ImportRequest
 from crm_to_books.settings import Settings
 
@@ -19,7 +20,7 @@ class OutcomeLike(Protocol):
     @property
     def request(self) -> ImportRequest: ...
     @property
-    def record(self) -> ImportRecord: ...
+    def record(self) -> ImportRecord | None: ...  # None: neither read nor written
     @property
     def result(self) -> str: ...  # imported, already_imported, failed, retry_later, in_progress
     @property
@@ -46,9 +47,10 @@ class Holder(Protocol):
     @property
     def fallback_seconds(self) -> float: ...  # when it comes back if `hold` fails
 
-    def hold(self, seconds: float, fresh: bool) -> bool:
+    def hold(self, seconds: float, fresh: bool, reservation: Reservation | None = None) -> bool:
         """Bring the import back in `seconds`; `fresh`: as a new message (a wait, not a
-        failure: no receive spent). False if it could not be arranged."""
+        failure: no receive spent), carrying `reservation` (the rate slot held for it). False
+        if it could not be arranged."""
         ...
 
 
@@ -78,6 +80,7 @@ class ImporterLike(Protocol):
         last_delivery: bool = False,
         sync: bool = False,
         holder: Holder | None = None,
+        reservation: Reservation | None = None,
     ) -> OutcomeLike: ...
     def accept(self, request: ImportRequest) -> ImportRecord: ...
     def enqueue(self, request: ImportRequest, delay_seconds: float = 0) -> object: ...
