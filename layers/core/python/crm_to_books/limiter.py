@@ -301,25 +301,32 @@ class RateLimiter:
             return view.when_released(org, now, max(org.max_concurrency, spread)) or denied
         slot, free_at = turn
         held = stamp(free_at + self._lease + self._window + SKEW_SECONDS)
+        if not self._update(organization_id, now, view.hold(org, slot, held, now)):
+            self._widen(organization_id, org)
+            return None
+        spread = self._spread.get(organization_id, org.max_concurrency)
+        self._spread[organization_id] = max(org.max_concurrency, spread // 2)
+        self._mine[organization_id] = (None, self._mine.get(organization_id, (None, None))[1])
+        return Reservation(organization_id, slot, held, free_at)
+
+    def _update(self, organization_id: str, now: float, update: dict[str, Any]) -> bool:
+        """One conditional `UpdateItem` of the item; this container's view becomes the item as
+        DynamoDB returns it, after the write or, when the condition failed (False), as it is."""
         try:
             answer = self.client.update_item(
                 TableName=self._table,
                 Key=self.key(organization_id),
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                **view.hold(org, slot, held, now),
+                **update,
             )
         except ClientError as exc:
             if not dynamo.condition_failed(exc):
                 raise
             self._known[organization_id] = (dynamo.old_item(exc) or {}, self._clock())
-            self._widen(organization_id, org)
-            return None
+            return False
         self._known[organization_id] = (dynamo.load(answer.get("Attributes")) or {}, now)
-        spread = self._spread.get(organization_id, org.max_concurrency)
-        self._spread[organization_id] = max(org.max_concurrency, spread // 2)
-        self._mine[organization_id] = (None, self._mine.get(organization_id, (None, None))[1])
-        return Reservation(organization_id, slot, held, free_at)
+        return True
 
     def _view(self, organization_id: str) -> tuple[_View, float, bool]:
         """The item as this container last saw it (read if it never did), now, and whether it
@@ -362,33 +369,22 @@ class RateLimiter:
             named = reservation.slot % org.max_concurrency
             chair = next((j for j in (named, sat) if j in seats), random.choice(seats))
             start = max(now, reservation.start_at)
-            try:
-                answer = self.client.update_item(
-                    TableName=self._table,
-                    Key=self.key(organization_id),
-                    ReturnValues="ALL_NEW",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                    **view.take(
-                        org,
-                        reservation.slot,
-                        chair,
-                        now,
-                        start,
-                        self._lease,
-                        self._window,
-                        held=reservation.held,
-                    ),
-                )
-            except ClientError as exc:
-                if not dynamo.condition_failed(exc):
-                    raise
-                old = dynamo.old_item(exc) or {}
-                self._known[organization_id] = (old, self._clock())
+            take = view.take(
+                org,
+                reservation.slot,
+                chair,
+                now,
+                start,
+                self._lease,
+                self._window,
+                held=reservation.held,
+            )
+            if not self._update(organization_id, now, take):
                 fresh = True
+                old = self._known[organization_id][0]
                 if old.get(rate_slot(reservation.slot)) != reservation.held:
                     return None  # no longer held for it
                 continue  # a seat taken first, a new day, a park: again from the item as it is
-            self._known[organization_id] = (dynamo.load(answer.get("Attributes")) or {}, now)
             self._mine[organization_id] = (None, chair)
             return Permit(organization_id, reservation.slot, chair, start_at=start, granted_at=now)
         wait = random.uniform(0.2, 1.0)
