@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,8 +72,13 @@ def fake_stack(fake_stack_logs: Logs) -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="session")
-def local_stack_logs() -> Logs:
-    return Logs()
+def local_stack_logs() -> Iterator[Logs]:
+    """Every container line of the session; kept in the file `E2E_LOGS` names, if set (a failed
+    run's evidence: what each function did, with times)."""
+    logs = Logs()
+    yield logs
+    if path := os.environ.get("E2E_LOGS"):
+        Path(path).write_text("".join(f"{function}\t{line}\n" for function, line in logs.all()))
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,11 @@ class Logs:
         with self._lock:
             self._lines.append((function, line))
 
+    def all(self) -> list[tuple[str, str]]:
+        """Every (function, line), in the order they arrived."""
+        with self._lock:
+            return list(self._lines)
+
     def lines(self, function: str | None = None) -> list[str]:
         with self._lock:
             return [line for f, line in self._lines if function in (None, f)]
