@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import boto3
 import pytest
 
-from crm_to_books.limiter import Denied, Permit, RateLimiter, Reservation
+from crm_to_books.limiter import Denied, Permit, RateLimiter, Reservation, stamp
 from crm_to_books.settings import Organization
 from tests.functional.conftest import NAMES, ORG
 
@@ -128,3 +129,42 @@ def test_a_reservation_is_carried_as_text_and_a_made_up_one_is_refused() -> None
     assert Reservation.decode(ORG, held.encode()) == held
     for forged in ("", "r1:7:x:1", "r2:7:1:1", "r1:-1:5:5", "r1:7:1", "r1:7:1:0", None):
         assert Reservation.decode(ORG, forged) is None
+
+
+def test_a_queued_caller_that_loses_a_race_with_slots_to_spare_takes_another_at_once(
+    aws_world: dict[str, Any],
+) -> None:
+    # Given an organization with 20 of its 100 calls a minute in flight
+    limits = Organization(requests_per_minute=100, max_concurrency=30)
+    others = limiter_at(T0)
+    for _ in range(20):
+        assert isinstance(others.acquire(ORG, limits), Permit)
+    # ... and another container that takes the slot and seat a queued caller goes for, just
+    # before it (its conditional write fails)
+    client = boto3.client("dynamodb")
+    raced: list[dict[str, str]] = []
+
+    def someone_first(params: dict[str, Any], **_: Any) -> None:
+        names = params.get("ExpressionAttributeNames", {})
+        if raced or "#r" not in names:
+            return
+        raced.append(names)
+        boto3.client("dynamodb").update_item(
+            TableName=NAMES.state_table,
+            Key=RateLimiter.key(ORG),
+            UpdateExpression="SET #r = :busy, #c = :busy",
+            ExpressionAttributeNames={"#r": names["#r"], "#c": names["#c"]},
+            ExpressionAttributeValues={":busy": {"N": str(stamp(T0 + 100))}},
+        )
+
+    client.meta.events.register("provide-client-params.dynamodb.UpdateItem", someone_first)
+
+    # When the queued caller asks
+    got = RateLimiter(NAMES.state_table, client=client, clock=lambda: T0 + 1).acquire(
+        ORG, limits, reserve=True
+    )
+
+    # Then it lost that race, and took one of the 79 free slots at once: no turn a minute away
+    assert raced, "the race did not happen"
+    assert isinstance(got, Permit), got
+    assert f"r{got.slot}" != raced[0]["#r"] and got.start_at <= T0 + 1

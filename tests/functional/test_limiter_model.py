@@ -2,8 +2,9 @@
 permits on one organization's item (moto), die holding them, meet DynamoDB throttles and lose
 conditional writes to each other, while time moves by milliseconds or days. After every step,
 what Zoho would have seen stays within its limits, every denied caller is told when to come
-back (and coming back then, with nothing else happening, is not denied again: no polling), and
-no permit stays counted once its call is done and a window has passed."""
+back (and coming back then, with nothing else happening, is not denied again: no polling), a
+per-minute wait (a denial, or a turn held for later) is only given when the organization may be
+at its limit, and no permit stays counted once its call is done and a window has passed."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from crm_to_books.limiter import (
     Permit,
     RateLimiter,
     Reservation,
+    few_free,
     next_utc_midnight,
 )
 from crm_to_books.settings import Organization
@@ -48,6 +50,7 @@ class Call:
     deadline: float  # true time: the function's timeout ends the call by then
     arrived: float | None = None  # when Zoho saw it
     ended: float | None = None  # released, or its container died (Zoho done by the deadline)
+    released: bool = False  # the release was written: its slot counts a window after `ended`
 
 
 @dataclass
@@ -80,6 +83,7 @@ class LimiterModel(RuleBasedStateMachine):
         self.unclean_until = 0.0  # a call not released may count until then
         self.told: dict[str, Told] = {}
         self.held: list[Reservation] = []  # rate slots held for queued callers, not yet used
+        self.turns: list[Reservation] = []  # held slots no call has taken since
         self.last_turn = float("-inf")  # when the last turn was held
 
     def teardown(self) -> None:
@@ -125,12 +129,36 @@ class LimiterModel(RuleBasedStateMachine):
         exact = not flying and self.now >= self.unclean_until
         self.told[name] = Told(got, self.now, self.events, exact)
 
-    def _permitted(self, name: str, got: Permit) -> None:
+    def _permitted(self, name: str, got: Permit) -> Call:
         self.events += 1
         self.told.pop(name, None)
         start = max(self.now, got.start_at - SKEWS[name])
         assert start >= self.parked_until, "a permit while Zoho said stop"
-        self.calls.append(Call(name, got, start, start + TIMEOUT))
+        call = Call(name, got, start, start + TIMEOUT)
+        self.calls.append(call)
+        self.turns = [t for t in self.turns if t.slot != got.slot]  # its call counts instead
+        return call
+
+    def _may_count(self) -> int:
+        """Rate slots that may count now, by what happened (not by the limiter's item): calls in
+        flight, released ones for a window after (skews and rounding), others (dead, release
+        not written) until a window after their lease, and held turns until theirs."""
+        margin = 0.25
+        counting = sum(
+            1
+            for c in self.calls
+            if c.ended is None
+            or (c.released and self.now < c.ended + WINDOW + margin)
+            or (not c.released and self.now < c.start + LEASE + WINDOW + 1.0)
+        )
+        return counting + sum(1 for t in self.turns if self.now < t.start_at + LEASE + WINDOW + 1)
+
+    def _at_the_limit(self, got: Denied | Reservation) -> None:
+        """A per-minute wait (a denial, or a turn held for later) only when the organization
+        may really be at its limit: with free slots to spare, a caller gets one."""
+        rpm = LIMITS.requests_per_minute
+        counting = self._may_count()
+        assert counting > rpm - few_free(LIMITS), f"{got} with {counting} of {rpm} counting"
 
     def _check_told(self, name: str, denied: Denied) -> None:
         """A denial says when, in the future, and no later than what it waits for."""
@@ -148,6 +176,8 @@ class LimiterModel(RuleBasedStateMachine):
             "blocked": max(self.parked_until - self.now, 0.0) + 0.25,  # skews and the margin
         }
         assert denied.retry_after <= longest[denied.reason] + 0.01, denied
+        if denied.reason == "per_minute":
+            self._at_the_limit(denied)
 
     @rule(name=st.sampled_from(sorted(SKEWS)))
     def ask_for_a_turn(self, name: str) -> None:
@@ -160,6 +190,7 @@ class LimiterModel(RuleBasedStateMachine):
         except ClientError:
             return
         if isinstance(got, Reservation):
+            self._at_the_limit(got)
             self._held(got)
             assert got.start_at > self.now + SKEWS[name] - 0.01, got  # a slot that frees later
             assert got.start_at <= self.now + SKEWS[name] + LEASE + WINDOW + 1.0, got
@@ -186,16 +217,14 @@ class LimiterModel(RuleBasedStateMachine):
         except ClientError:
             return  # the message comes back again later: the reservation may lapse by then
         if isinstance(got, Reservation):
+            self._at_the_limit(got)
             self._held(got)
             return
         if isinstance(got, Permit):
-            self.events += 1
             if got.slot == held.slot and late < LEASE:
                 assert got.start_at >= held.start_at - 0.01, (got, held)
-            start = max(self.now, got.start_at - SKEWS[name])
-            assert start >= self.parked_until, "a permit while Zoho said stop"
-            assert start <= self.now + AHEAD_SECONDS + 0.2, (got, held)
-            self.calls.append(Call(name, got, start, start + TIMEOUT))
+            call = self._permitted(name, got)
+            assert call.start <= self.now + AHEAD_SECONDS + 0.2, (got, held)
             return
         self._check_told(name, got)
 
@@ -204,6 +233,7 @@ class LimiterModel(RuleBasedStateMachine):
         message lost, or back too late): the limiter's times are guesses until then."""
         self.events += 1
         self.held.append(reservation)
+        self.turns.append(reservation)
         self.last_turn = self.now
         end = reservation.start_at + LEASE + WINDOW + 1.0
         self.unclean_until = max(self.unclean_until, end)
@@ -248,12 +278,14 @@ class LimiterModel(RuleBasedStateMachine):
     def _release(self, call: Call, throttled: bool) -> None:
         self.throttle_next = throttled
         self.events += 1
+        call.ended = self.now
         try:
             self.limiter(call.container).release(call.permit)
         except ClientError:
             # Not written: its slot and seat count until the lease ends, as a dead one's.
             self.unclean_until = max(self.unclean_until, call.start + LEASE + WINDOW + 1.0)
-        call.ended = self.now
+            return
+        call.released = True
 
     @rule(name=st.sampled_from(sorted(SKEWS)))
     def die(self, name: str) -> None:
@@ -313,9 +345,7 @@ class LimiterModel(RuleBasedStateMachine):
             return
         assert isinstance(got, Permit), f"told to come back at {self.now}, denied again: {got}"
         assert got.start_at <= self.now + SKEWS[name] + AHEAD_SECONDS + 0.01
-        self.events += 1
-        start = max(self.now, got.start_at - SKEWS[name])
-        self.calls.append(Call(name, got, start, start + TIMEOUT))
+        self._permitted(name, got)
 
     @precondition(lambda self: all(c.ended is not None for c in self.calls))
     @rule(name=st.sampled_from(sorted(SKEWS)))
@@ -335,11 +365,8 @@ class LimiterModel(RuleBasedStateMachine):
         self.throttle_next = False
         got = self.limiter(name).acquire(ORG, LIMITS)
         assert isinstance(got, Permit), f"a quiet organization still denied: {got}"
-        self.events += 1
-        start = max(self.now, got.start_at - SKEWS[name])
-        call = Call(name, got, start, start + TIMEOUT, arrived=start)
-        self.calls.append(call)
-        self.now = start
+        call = self._permitted(name, got)
+        self.now = call.arrived = call.start
         self._release(call, throttled=False)
 
     # -- what must hold -----------------------------------------------------------------------

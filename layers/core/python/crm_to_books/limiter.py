@@ -84,6 +84,12 @@ def unstamp(value: float, now: float) -> float:
     return (ahead - (ahead - int(value)) % STAMP_MODULUS) / 100
 
 
+def few_free(org: Organization) -> int:
+    """Fewer free rate slots than this is a crowded organization: a tenth of the limit, at most
+    as many as calls may run at once, at least one."""
+    return max(1, min(org.max_concurrency, org.requests_per_minute // 10))
+
+
 def rate_slot(k: int) -> str:
     return f"r{k}"
 
@@ -287,7 +293,7 @@ class RateLimiter:
         cap, rpm = org.max_concurrency, org.requests_per_minute
         busy = sum(1 for k, t in _View.stamps(item, at).items() if k < rpm and t > at)
         lost = self._spread.get(organization_id, cap) > cap
-        return lost or rpm - busy < max(1, min(cap, rpm // 10))
+        return lost or rpm - busy < few_free(org)
 
     def _reserve(
         self, organization_id: str, org: Organization, view: _View, denied: Denied, spread: int
@@ -705,8 +711,10 @@ class _View:
         span = min(rpm, len(self.slots) + max(4 * cap, spread))  # wider once races are lost
         free = [k for k in range(span) if self.slots.get(k, 0.0) <= now]
         upcoming = sorted((t, k) for k, t in self.slots.items() if k < rpm)
-        if reach < 0 and any(t > now for t, _ in upcoming):
-            free = []  # none taken: one that frees later is held instead
+        if reach < 0 and any(t > now for t, _ in upcoming) and len(free) < few_free(org):
+            # A lost race for one of the last few free slots: one that frees later is held
+            # instead. With many free, another is taken (a turn would wait for nothing).
+            free = []
         if not free:
             ahead = [k for t, k in upcoming if t - now <= reach]
             if not ahead:
