@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from crm_to_books_cli.local import LocalStack
+
 # Queue timings of the test stacks: a failed message is visible again after 2 s and reaches
 # the DLQ on its third failure (instead of 180 s and the eighth).
 VISIBILITY_TIMEOUT = 2
@@ -15,6 +17,18 @@ MAX_RECEIVE_COUNT = 3
 # An organization of `local_stack`'s sandbox that Zoho grants one call a minute: once it is
 # spent, a synchronous import is told to retry (429). Only the tests of that use it.
 THROTTLED_ORG = "700100209"
+
+
+def own_stack(prefix: str, logs: Logs, **options: Any) -> LocalStack:
+    """A test module's own local stack (the real handlers) on free ports, with the test
+    stacks' queue timings: a failed message back after 2 s, dead-lettered on its third
+    receive."""
+    defaults: dict[str, Any] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "max_receive_count": MAX_RECEIVE_COUNT,
+        "batching_window": 0.5,
+    }
+    return LocalStack(prefix=prefix, api_port=0, aws_port=0, log_sink=logs, **defaults | options)
 
 
 def wait_until[T](

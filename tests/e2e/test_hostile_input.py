@@ -35,7 +35,7 @@ from schemathesis.checks import (
 from crm_to_books_cli.local import LocalStack
 from tests.e2e.drive import aws
 from tests.e2e.drive import queue_depth as depth
-from tests.e2e.helpers import Logs, wait_until
+from tests.e2e.helpers import Logs, own_stack, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -56,15 +56,7 @@ def logs() -> Logs:
 def stack(logs: Logs) -> Iterator[LocalStack]:
     """The real handlers and the Zoho sandbox; a failing message returns after 2 s and is
     dead-lettered on its third receive, so a poison message that looped would show at once."""
-    with LocalStack(
-        prefix=PREFIX,
-        api_port=0,
-        aws_port=0,
-        visibility_timeout=2,
-        max_receive_count=3,
-        batching_window=0.5,
-        log_sink=logs,
-    ) as stack:
+    with own_stack(PREFIX, logs) as stack:
         yield stack
 
 

@@ -116,7 +116,9 @@ def _record_handler(
             logger.info("import parked", extra=log)
             return "parked"
         if message.requeued:  # a fresh copy holds it: this one is deleted
-            logger.info("import requeued", extra={**log, "retry_after": outcome.retry_after})
+            turn = message.turn  # a rate slot held for it: when its call may start
+            at = {"turn_at": round(turn.start_at, 2)} if turn is not None else {}
+            logger.info("import requeued", extra={**log, "retry_after": outcome.retry_after, **at})
             return "requeued"
         # This message holds it: back when its visibility (set before the record was written,
         # or the queue's own timeout if that failed) ends.
@@ -186,6 +188,7 @@ class MessageHolder:
         self._sqs = sqs
         self._record = record
         self.requeued = False
+        self.turn: Reservation | None = None  # the turn the fresh copy carries, if any
         self.tenant: str | None = record.attributes.message_group_id
 
     @property
@@ -220,10 +223,11 @@ class MessageHolder:
                     if value.get("stringValue") is not None
                     and (keep_reservation or name != RESERVATION_ATTRIBUTE)
                 }
-                if reservation is not None and len(attributes) < SQS_MAX_ATTRIBUTES:
+                carried = reservation if len(attributes) < SQS_MAX_ATTRIBUTES else None
+                if carried is not None:
                     attributes[RESERVATION_ATTRIBUTE] = {
                         "DataType": "String",
-                        "StringValue": reservation.encode(),
+                        "StringValue": carried.encode(),
                     }
                 send: dict[str, Any] = {
                     "QueueUrl": url,
@@ -235,6 +239,7 @@ class MessageHolder:
                     send["MessageGroupId"] = self.tenant
                 self._sqs.send_message(**send)
                 self.requeued = True
+                self.turn = carried
             else:
                 self._sqs.change_message_visibility(
                     QueueUrl=url, ReceiptHandle=record.receipt_handle, VisibilityTimeout=wait
