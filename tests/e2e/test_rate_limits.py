@@ -89,7 +89,8 @@ def test_a_burst_over_the_limit_waits_for_turns_and_imports_each_record_once(
         )
 
     # Then every record is imported, once, as fast as the limit allows (3 calls a window: the
-    # last three start three windows after the first), with little slack
+    # last three start three windows after the first), with slack for a slow machine but none
+    # for a minute-long wait
     def all_done() -> bool:
         return all(
             (found := record(stack, "contact", crm_id, organization_id)) is not None
@@ -101,7 +102,7 @@ def test_a_burst_over_the_limit_waits_for_turns_and_imports_each_record_once(
     took = time.monotonic() - started
     for crm_id in crm_ids:
         assert_imported_once(stack, organization_id, "contact", crm_id)
-    assert took < (BURST / 3) * WINDOW + 20, f"{BURST} imports took {took:.1f} s"
+    assert took < (BURST / 3) * WINDOW + 30, f"{BURST} imports took {took:.1f} s"
 
     # And Zoho never saw more than its limit in a window, nor said 429
     counters: dict[str, Any] = sandbox.counters()
