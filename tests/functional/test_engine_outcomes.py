@@ -53,6 +53,31 @@ def outcome_events(settings: Any) -> Callable[[], list[dict[str, Any]]]:
     return read
 
 
+def paced_importer(
+    settings: Any, *, requests_per_minute: int, window_seconds: float
+) -> tuple[Importer, list[float], list[float]]:
+    """An importer for `ORG` at this limit whose clock (`now[0]`) moves only when it sleeps (each
+    sleep kept in `waits`) or the test moves it."""
+    import time
+
+    from crm_to_books.settings import Organization
+
+    now = [time.time()]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    limited = settings.model_copy(
+        update={
+            "rate_window_seconds": window_seconds,
+            "organizations": {ORG: Organization(requests_per_minute=requests_per_minute)},
+        }
+    )
+    return Importer(limited, clock=lambda: now[0], sleep=sleep), now, waits
+
+
 @pytest.mark.parametrize("kind", ["account", "contact", "vendor", "item"])
 def test_each_kind_imports_once_and_records_the_books_id(
     kind: str,
@@ -332,24 +357,7 @@ def test_the_hot_path_makes_four_aws_calls_and_an_already_imported_record_one(
 def test_a_slot_that_frees_within_a_second_is_waited_for_once_instead_of_requeued(
     sandbox: ZohoSandbox, settings: Any
 ) -> None:
-    import time
-
-    from crm_to_books.settings import Organization
-
-    waits: list[float] = []
-    now = [time.time()]  # the clock moves only when the importer sleeps
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        now[0] += seconds
-
-    tight = settings.model_copy(
-        update={
-            "rate_window_seconds": 0.5,
-            "organizations": {ORG: Organization(requests_per_minute=1)},
-        }
-    )
-    importer = Importer(tight, clock=lambda: now[0], sleep=sleep)
+    importer, _, waits = paced_importer(settings, requests_per_minute=1, window_seconds=0.5)
     importer.run(request("item", sandbox.crm_ids["item"][0]))
 
     outcome = importer.run(request("item", sandbox.crm_ids["item"][1]))
@@ -361,26 +369,9 @@ def test_a_slot_that_frees_within_a_second_is_waited_for_once_instead_of_requeue
 def test_a_queued_import_at_the_limit_waits_its_turn_on_a_held_slot_without_a_ledger_write(
     sandbox: ZohoSandbox, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import time
-
     import botocore.client
 
-    from crm_to_books.settings import Organization
-
-    now = [time.time()]  # the engine's clock moves only when it sleeps or the test says so
-    waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        now[0] += seconds
-
-    two_a_minute = settings.model_copy(
-        update={
-            "rate_window_seconds": 60.0,
-            "organizations": {ORG: Organization(requests_per_minute=2)},
-        }
-    )
-    importer = Importer(two_a_minute, clock=lambda: now[0], sleep=sleep)
+    importer, now, waits = paced_importer(settings, requests_per_minute=2, window_seconds=60.0)
     ids = sandbox.crm_ids["account"]
     for crm_id in ids[:2]:  # the window's two calls
         assert importer.run(request("account", crm_id)).result == "imported"

@@ -185,7 +185,9 @@ class Attempt:
         `sync`: a synchronous caller, whom no queue message stands behind (a retry is queued
         for it). `holder`: the message the request came in, asked to hold a retry before the
         record says when it is. `reservation`: the rate slot held for this attempt (carried by
-        the message), used for its first call to Zoho."""
+        the message), used for its first call to Zoho. A queued caller (not `sync`) owns a
+        `retry_later` that wrote no record (`recorded` False): its holder, or the caller itself,
+        brings the import back after `retry_after` with the outcome's `reservation`."""
         s = self.settings
         entity = get_entity(request.kind)
         org = s.organization(request.organization_id)
