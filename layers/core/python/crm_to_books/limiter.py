@@ -695,8 +695,8 @@ class _View:
     ) -> tuple[int, int, float] | tuple[Denied, int] | Denied:
         """The slot, seat and start time to take, or why not and when to come back (with the
         slot aimed at, one of the next `spread` to free). `mine`: the slot and seat to take
-        first if they are free. `reach`: how far ahead a slot may free to be taken (negative:
-        none is)."""
+        first if they are free. `reach`: how far ahead a slot may free to be taken (negative: a
+        race was lost, and none is taken if fewer than `few_free` are free)."""
         stop = self.stops(org, now)
         if stop is not None:
             return stop
