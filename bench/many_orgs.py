@@ -39,7 +39,7 @@ from bench.core import Options, Report
 from bench.rate_limit import COMPRESSED, CONCURRENCY
 from bench.world import World, sqs_wait, world
 from crm_to_books import topology
-from crm_to_books.limiter import next_utc_midnight
+from crm_to_books.limiter import Reservation, next_utc_midnight
 from crm_to_books.models import ImportRequest
 from crm_to_books.pipeline import Importer
 from crm_to_books.settings import Organization
@@ -64,20 +64,25 @@ class _Message:
     seq: int
     request: ImportRequest = field(compare=False)
     sent_at: float = field(compare=False, default=0.0)
+    held: Reservation | None = field(compare=False, default=None)  # the turn it carries
 
 
 class Queue:
-    """A kind's queue: the oldest visible message first; a retry comes back after its delay."""
+    """A kind's queue: the oldest visible message first; a retry comes back after its delay,
+    with the turn the limiter held for it, if any (as the batch's delayed copy carries it)."""
 
     def __init__(self) -> None:
         self._heap: list[_Message] = []
         self._seq = itertools.count()
         self._lock = threading.Lock()
 
-    def send(self, request: ImportRequest, delay: float = 0.0) -> None:
+    def send(
+        self, request: ImportRequest, delay: float = 0.0, held: Reservation | None = None
+    ) -> None:
         now = time.monotonic()
         with self._lock:
-            heapq.heappush(self._heap, _Message(now + delay, next(self._seq), request, now))
+            message = _Message(now + delay, next(self._seq), request, now, held)
+            heapq.heappush(self._heap, message)
 
     def receive(self, deadline: float, stop: threading.Event) -> _Message | None:
         while time.monotonic() < deadline and not stop.is_set():
@@ -112,11 +117,11 @@ def serve(
         while (message := queue.receive(deadline, stop)) is not None:
             request = message.request
             _current.org = request.organization_id
-            outcome = importer.run(request)
+            outcome = importer.run(request, reservation=message.held)
             with lock:
                 if outcome.result == "retry_later" and not outcome.parked:
                     served.retries += 1
-                    queue.send(request, sqs_wait(outcome))
+                    queue.send(request, sqs_wait(outcome), outcome.reservation)
                     continue
                 if outcome.parked:
                     served.parked += 1  # the re-drive job owns it now
@@ -234,6 +239,9 @@ def _scaling(n: int, windows: int) -> dict[str, Any]:
         "failed_conditions_per_import": round(failed.total() / max(imported, 1), 2),
         "retries_per_import": round(served.retries / max(imported, 1), 2),
         "items_written": len(written),
+        "calls_per_import_by_operation": {
+            op: round(n / max(imported, 1), 2) for op, n in sorted(calls.items())
+        },
         "items_written_for_two_or_more_orgs": shared[:10],
         "shared_count": len(shared),
     }
