@@ -78,6 +78,21 @@ def paced_importer(
     return Importer(limited, clock=lambda: now[0], sleep=sleep), now, waits
 
 
+def aws_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The AWS operations called from now on, in order (the list is cleared to start again)."""
+    import botocore.client
+
+    calls: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def counted(self: Any, operation: str, params: Any) -> Any:
+        calls.append(operation)
+        return original(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counted)
+    return calls
+
+
 @pytest.mark.parametrize("kind", ["account", "contact", "vendor", "item"])
 def test_each_kind_imports_once_and_records_the_books_id(
     kind: str,
@@ -331,18 +346,9 @@ def test_each_outcome_is_counted_by_kind_for_dashboards(
 def test_the_hot_path_makes_four_aws_calls_and_an_already_imported_record_one(
     sandbox: ZohoSandbox, new_importer: Callable[..., Importer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import botocore.client
-
-    calls: list[str] = []
-    original = botocore.client.BaseClient._make_api_call
-
-    def counted(self: Any, operation: str, params: Any) -> Any:
-        calls.append(operation)
-        return original(self, operation, params)
-
     importer = new_importer()
     importer.run(request("account", sandbox.crm_ids["account"][0]))  # a warm container
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counted)
+    calls = aws_calls(monkeypatch)
 
     importer.run(request("account", sandbox.crm_ids["account"][1]))
     first_time = list(calls)
@@ -369,21 +375,12 @@ def test_a_slot_that_frees_within_a_second_is_waited_for_once_instead_of_requeue
 def test_a_queued_import_at_the_limit_waits_its_turn_on_a_held_slot_without_a_ledger_write(
     sandbox: ZohoSandbox, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import botocore.client
-
     importer, now, waits = paced_importer(settings, requests_per_minute=2, window_seconds=60.0)
     ids = sandbox.crm_ids["account"]
     for crm_id in ids[:2]:  # the window's two calls
         assert importer.run(request("account", crm_id)).result == "imported"
         now[0] += 1.0
-    calls: list[str] = []
-    original = botocore.client.BaseClient._make_api_call
-
-    def counted(self: Any, operation: str, params: Any) -> Any:
-        calls.append(operation)
-        return original(self, operation, params)
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counted)
+    calls = aws_calls(monkeypatch)
 
     # A queued import now: one write holds a slot for it; the ledger is neither read nor written
     waiting = importer.run(request("account", ids[2], source="sqs"))
@@ -406,3 +403,44 @@ def test_a_queued_import_at_the_limit_waits_its_turn_on_a_held_slot_without_a_le
     assert done.result == "imported"
     assert sorted(calls) == ["PutEvents", "TransactWriteItems", "UpdateItem", "UpdateItem"]
     assert len(waits) == 1 and 0 <= waits[0] < 1.0  # waited in process for the turn itself
+
+
+def test_a_cold_container_looks_at_its_organization_before_the_ledger(
+    sandbox: ZohoSandbox, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    importer, now, waits = paced_importer(settings, requests_per_minute=2, window_seconds=60.0)
+    ids = sandbox.crm_ids["account"]
+    for crm_id in ids[:2]:  # another container spends the window's two calls
+        assert importer.run(request("account", crm_id)).result == "imported"
+        now[0] += 1.0
+    calls = aws_calls(monkeypatch)
+
+    def container() -> Importer:  # a new Lambda container: it never saw the limiter item
+        new = Importer(importer.settings, clock=lambda: now[0], sleep=waits.append)
+        new.tokens.get("default")
+        calls.clear()
+        return new
+
+    # At a crowded organization, a queued import reads the item once and holds a turn: it
+    # waits without leasing the record (no ledger write, nothing to undo)
+    cold = container()
+    waiting = cold.run(request("account", ids[2], source="sqs"))
+    assert waiting.result == "retry_later" and not waiting.recorded
+    assert waiting.reservation is not None
+    assert calls == ["GetItem", "UpdateItem"]
+    assert importer.ledger.get(ORG, "account", ids[2]) is None
+
+    # At an organization with room, the look is the read its permit needed anyway: one read,
+    # and the import costs what a cold container's did before (lease, permit, record, event)
+    now[0] += 200.0  # the window, and the turn held above, have passed
+    contact = sandbox.crm_ids["contact"][0]
+    cold = container()
+    done = cold.run(request("contact", contact, source="sqs"))
+    assert done.result == "imported"
+    assert calls == ["GetItem", "UpdateItem", "UpdateItem", "TransactWriteItems", "PutEvents"]
+
+    # A record already imported: the look costs a read, and no permit is taken for it
+    cold = container()
+    again = cold.run(request("contact", contact, source="sqs"))
+    assert again.result == "already_imported"
+    assert calls == ["GetItem", "UpdateItem"]

@@ -76,13 +76,21 @@ def test_code_playing_a_function_may_do_only_what_its_role_allows(
     importer = new_importer()
     crm_id = sandbox.crm_ids["item"][0]
 
-    # The status API's role reads the ledger: an import made as the status API is refused at
-    # its first write, with the message AWS gives
+    # The status API's role reads the ledger, not the limiter: an import made as the status API
+    # is refused at its first call (a queued import first reads its organization's limiter
+    # item), with the message AWS gives
     with pytest.raises(ClientError) as refused:
         importer.run(request("item", crm_id))
     error = refused.value.response["Error"]
     assert error["Code"] == "AccessDeniedException"
     status_api = NAMES.function(topology.STATUS_API)
+    assert f"/{status_api} is not authorized to perform: dynamodb:GetItem" in error["Message"]
+    assert importer.ledger.get(ORG, "item", crm_id) is None  # nothing half-written
+
+    # Nor may it write: a synchronous import (which leases the record first) is refused there
+    with pytest.raises(ClientError) as refused:
+        importer.run(request("item", crm_id), sync=True)
+    error = refused.value.response["Error"]
     assert f"/{status_api} is not authorized to perform: dynamodb:UpdateItem" in error["Message"]
 
     # As an import function, the same code may import; the status API may read what it did

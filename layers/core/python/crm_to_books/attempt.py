@@ -709,12 +709,12 @@ class Attempt:
     def _before_lease(
         self, request: ImportRequest, org: Organization, reservation: Reservation | None
     ) -> Permit | Reservation | ImportOutcome | None:
-        """A queued import, when this container already knows its organization is at or near
-        its per-minute limit (or it came back before its held slot's turn): the limiter is
-        asked before the ledger. A held slot or a short wait ends the attempt here: the message
-        holds it (with the slot), and the ledger is neither read nor written (the record stays
-        as it was: queued, or none yet). A permit goes on to the lease; a park goes through
-        the ledger as any attempt's does."""
+        """A queued import, when its organization is at or near its per-minute limit as this
+        container saw it (a container that never saw it looks first), or it came back before
+        its held slot's turn: the limiter is asked before the ledger. A held slot or a short
+        wait ends the attempt here: the message holds it (with the slot), and the ledger is
+        neither read nor written (the record stays as it was: queued, or none yet). A permit
+        goes on to the lease; a park goes through the ledger as any attempt's does."""
         got: Permit | Reservation | Denied
         if reservation is not None:
             if reservation.start_at - self._clock() <= AHEAD_SECONDS:

@@ -190,6 +190,9 @@ class RateLimiter:
         # (a slot taken first, or denied again when it came back), halved when it won one. Many
         # containers waiting spread over more slots instead of colliding on the first few.
         self._spread: dict[str, int] = {}
+        # Per organization, when `crowded` read the item: the next acquire counts that read as
+        # its own if it comes within `AHEAD_SECONDS` and the view was not replaced since.
+        self._looked: dict[str, float] = {}
 
     client = LazyClient("dynamodb")
 
@@ -277,14 +280,17 @@ class RateLimiter:
         return denied
 
     def crowded(self, organization_id: str, org: Organization) -> bool:
-        """Whether this container knows, without a call, that the organization is at or near
-        its per-minute limit (fewer rate slots free than a tenth of the limit, at most as many
-        as calls may run at once, at least one), or that it lost a race for a slot lately: a
-        caller that can carry a reservation then asks the limiter before writing anything
-        else, since it is likely to wait for a turn."""
+        """Whether the organization is at or near its per-minute limit (fewer rate slots free
+        than `few_free`), as this container saw it, or this container lost a race for a slot
+        lately: a caller that can carry a reservation then asks the limiter before writing
+        anything else, since it is likely to wait for a turn. A container that never saw the
+        item reads it (one `GetItem`, which the acquire that follows would make anyway, and
+        which counts as read for it): a cold container at a crowded organization then waits
+        without writing the ledger."""
         known = self._known.get(organization_id)
         if known is None:
-            return False
+            known = self._known[organization_id] = (self._read(organization_id), self._clock())
+            self._looked[organization_id] = known[1]
         item, seen = known
         now = self._clock()
         # A view older than a window says nothing of now: as crowded as it was when read (a
@@ -336,12 +342,14 @@ class RateLimiter:
 
     def _view(self, organization_id: str) -> tuple[_View, float, bool]:
         """The item as this container last saw it (read if it never did), now, and whether it
-        was read just now."""
+        was read just now (here, or by `crowded` within `AHEAD_SECONDS` before)."""
         read = organization_id not in self._known
         if read:
             self._known[organization_id] = (self._read(organization_id), self._clock())
         item, seen = self._known[organization_id]
         now = self._clock()
+        looked = self._looked.pop(organization_id, None)
+        read = read or (looked == seen and now - seen <= AHEAD_SECONDS)
         return _View.of(item, now, self._window, seen, self._lease, self._hold), now, read
 
     def _take_reserved(
