@@ -22,14 +22,11 @@ a refresh). Two parts, with compressed windows and Zoho's latency compressed lik
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
@@ -37,9 +34,9 @@ import botocore.client
 
 from bench.core import Options, Report
 from bench.rate_limit import COMPRESSED, CONCURRENCY
-from bench.world import World, sqs_wait, world
+from bench.world import Queue, World, current, serve, world
 from crm_to_books import topology
-from crm_to_books.limiter import Reservation, next_utc_midnight
+from crm_to_books.limiter import next_utc_midnight
 from crm_to_books.models import ImportRequest
 from crm_to_books.pipeline import Importer
 from crm_to_books.settings import Organization
@@ -58,95 +55,6 @@ HEAD_OF_LINE_TARGET_SECONDS = 5.0  # "a few seconds"
 BACKLOG = 10_000  # issue 13's backlog: measured smaller (moto's pace), extrapolated
 
 
-@dataclass(order=True)
-class _Message:
-    visible_at: float
-    seq: int
-    request: ImportRequest = field(compare=False)
-    sent_at: float = field(compare=False, default=0.0)
-    held: Reservation | None = field(compare=False, default=None)  # the turn it carries
-
-
-class Queue:
-    """A kind's queue: the oldest visible message first; a retry comes back after its delay,
-    with the turn the limiter held for it, if any (as the batch's delayed copy carries it)."""
-
-    def __init__(self) -> None:
-        self._heap: list[_Message] = []
-        self._seq = itertools.count()
-        self._lock = threading.Lock()
-
-    def send(
-        self, request: ImportRequest, delay: float = 0.0, held: Reservation | None = None
-    ) -> None:
-        now = time.monotonic()
-        with self._lock:
-            message = _Message(now + delay, next(self._seq), request, now, held)
-            heapq.heappush(self._heap, message)
-
-    def receive(self, deadline: float, stop: threading.Event) -> _Message | None:
-        while time.monotonic() < deadline and not stop.is_set():
-            with self._lock:
-                if self._heap and self._heap[0].visible_at <= time.monotonic():
-                    return heapq.heappop(self._heap)
-                wait = self._heap[0].visible_at - time.monotonic() if self._heap else 0.05
-            time.sleep(min(max(wait, 0.001), 0.05))
-        return None
-
-
-@dataclass
-class Served:
-    done: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # org -> imported
-    parked: int = 0
-    retries: int = 0
-    finished_at: dict[tuple[str, str], float] = field(default_factory=dict)
-
-
-def serve(
-    importers: Sequence[Importer],
-    queue: Queue,
-    deadline: float,
-    stop_when: tuple[str, str] | None = None,
-) -> Served:
-    """Containers polling one queue until `deadline`, or until `stop_when` (organization, CRM
-    id) is imported."""
-    served, lock = Served(), threading.Lock()
-    stop = threading.Event()
-
-    def work(importer: Importer) -> None:
-        while (message := queue.receive(deadline, stop)) is not None:
-            request = message.request
-            _current.org = request.organization_id
-            outcome = importer.run(request, reservation=message.held)
-            with lock:
-                if outcome.result == "retry_later" and not outcome.parked:
-                    served.retries += 1
-                    queue.send(request, sqs_wait(outcome), outcome.reservation)
-                    continue
-                if outcome.parked:
-                    served.parked += 1  # the re-drive job owns it now
-                    continue
-                served.done[request.organization_id] += 1
-                key = (request.organization_id, request.crm_id)
-                served.finished_at[key] = time.monotonic()
-                if key == stop_when:
-                    stop.set()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in importers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return served
-
-
-class _Current(threading.local):
-    org = ""
-
-
-_current = _Current()
-
-
 @contextmanager
 def writes_by_organization() -> Iterator[dict[str, set[str]]]:
     """DynamoDB items written (key -> organizations whose imports wrote them)."""
@@ -159,10 +67,10 @@ def writes_by_organization() -> Iterator[dict[str, set[str]]]:
             _key(p.get("Key") or p.get("Item") or {}, p.get("TableName", ""))
             for p in _written_items(operation, params)
         ]
-        if _current.org:
+        if current.org:
             with lock:
                 for key in keys:
-                    written[key].add(_current.org)
+                    written[key].add(current.org)
         return original(client, operation, params)
 
     with mock.patch.object(botocore.client.BaseClient, "_make_api_call", noted):

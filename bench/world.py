@@ -7,14 +7,16 @@ Zoho connection pool); they share AWS (moto) and Zoho (the sandbox), as containe
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
+import itertools
 import json
 import logging
 import math
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from botocore.exceptions import ClientError
 
 from crm_to_books import topology as t
 from crm_to_books.entities import KINDS
+from crm_to_books.limiter import Reservation
 from crm_to_books.models import ImportRequest
 from crm_to_books.observability import logger, metrics
 from crm_to_books.pipeline import Importer, ImportOutcome
@@ -302,3 +305,96 @@ def run_workers(
         for future in [pool.submit(work, i) for i in importers]:
             future.result()
     return done
+
+
+@dataclass(order=True)
+class _Message:
+    visible_at: float
+    seq: int
+    request: ImportRequest = field(compare=False)
+    sent_at: float = field(compare=False, default=0.0)
+    held: Reservation | None = field(compare=False, default=None)  # the turn it carries
+
+
+class Queue:
+    """A kind's queue: the oldest visible message first; a retry comes back after its delay,
+    with the turn the limiter held for it, if any (as the batch's delayed copy carries it)."""
+
+    def __init__(self) -> None:
+        self._heap: list[_Message] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+
+    def send(
+        self, request: ImportRequest, delay: float = 0.0, held: Reservation | None = None
+    ) -> None:
+        now = time.monotonic()
+        with self._lock:
+            message = _Message(now + delay, next(self._seq), request, now, held)
+            heapq.heappush(self._heap, message)
+
+    def receive(self, deadline: float, stop: threading.Event) -> _Message | None:
+        while time.monotonic() < deadline and not stop.is_set():
+            with self._lock:
+                if self._heap and self._heap[0].visible_at <= time.monotonic():
+                    return heapq.heappop(self._heap)
+                wait = self._heap[0].visible_at - time.monotonic() if self._heap else 0.05
+            time.sleep(min(max(wait, 0.001), 0.05))
+        return None
+
+
+@dataclass
+class Served:
+    done: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # org -> imported
+    parked: int = 0
+    retries: int = 0
+    finished_at: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+def serve(
+    importers: Sequence[Importer],
+    queue: Queue,
+    deadline: float,
+    stop_when: tuple[str, str] | None = None,
+    *,
+    wait: Callable[[ImportOutcome], float] = sqs_wait,
+) -> Served:
+    """Containers polling one queue until `deadline`, or until `stop_when` (organization, CRM
+    id) is imported. A `retry_later` goes back to the queue, visible again after
+    `wait(outcome)`, to whichever container receives it first (as SQS hands a delayed message
+    to any poller): unlike `run_workers`, a container does not wait for its own message."""
+    served, lock = Served(), threading.Lock()
+    stop = threading.Event()
+
+    def work(importer: Importer) -> None:
+        while (message := queue.receive(deadline, stop)) is not None:
+            request = message.request
+            current.org = request.organization_id
+            outcome = importer.run(request, reservation=message.held)
+            with lock:
+                if outcome.result == "retry_later" and not outcome.parked:
+                    served.retries += 1
+                    queue.send(request, wait(outcome), outcome.reservation)
+                    continue
+                if outcome.parked:
+                    served.parked += 1  # the re-drive job owns it now
+                    continue
+                served.done[request.organization_id] += 1
+                key = (request.organization_id, request.crm_id)
+                served.finished_at[key] = time.monotonic()
+                if key == stop_when:
+                    stop.set()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in importers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return served
+
+
+class _Current(threading.local):
+    org = ""  # the organization whose message this container thread is importing
+
+
+current = _Current()
