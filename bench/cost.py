@@ -200,7 +200,7 @@ def model(
             "Lambda requests",
             invocations,
             LAMBDA_REQUEST,
-            f"1 per import (HTTP), {deliveries:.2f} deliveries per batch of {BATCH} (SQS)",
+            f"1 per import (HTTP); SQS: {deliveries:.2f} deliveries per import, {BATCH} a batch",
         ),
         Line(
             "Lambda arm64 GB-seconds",
