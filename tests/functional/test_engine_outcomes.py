@@ -444,3 +444,53 @@ def test_a_cold_container_looks_at_its_organization_before_the_ledger(
     again = cold.run(request("contact", contact, source="sqs"))
     assert again.result == "already_imported"
     assert calls == ["GetItem", "UpdateItem"]
+
+
+def test_a_queued_import_waits_for_a_seat_without_writing_the_ledger(
+    sandbox: ZohoSandbox, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every seat taken (as many calls in flight as may run at once): a queued import asks the
+    limiter before the ledger, waits once in process for a seat due within a second, and if
+    none frees goes back to its queue with nothing written; if one frees, it imports."""
+    from crm_to_books.limiter import Permit
+    from crm_to_books.settings import Organization
+
+    now = [1_795_000_000.0]
+    slept: list[float] = []
+    freed: list[Permit] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+        if freed:  # the other container's call ends while this one waits
+            holder.limiter.release(freed.pop())
+
+    one_seat = settings.model_copy(
+        update={"organizations": {ORG: Organization(requests_per_minute=100, max_concurrency=1)}}
+    )
+    org = one_seat.organizations[ORG]
+    holder = Importer(one_seat, clock=lambda: now[0], sleep=sleep)  # another container
+    waiting = Importer(one_seat, clock=lambda: now[0], sleep=sleep)
+    waiting.tokens.get("default")
+    ids = sandbox.crm_ids["account"]
+
+    seat = holder.limiter.acquire(ORG, org)  # its call has been in flight for half a second
+    assert isinstance(seat, Permit)
+    now[0] += 0.5
+    calls = aws_calls(monkeypatch)
+    outcome = waiting.run(request("account", ids[0], source="sqs"))
+    assert outcome.result == "retry_later" and not outcome.recorded and not outcome.parked
+    assert outcome.error and "concurrent" in outcome.error.message
+    assert len(slept) == 1 and slept[0] <= 1.0  # one short wait, no spin
+    assert set(calls) == {"GetItem"}  # the limiter only: no lease, no record to undo
+    assert waiting.ledger.get(ORG, "account", ids[0]) is None
+    assert imports_of(sandbox, "account", ids[0]) == 0
+
+    # The same, when the seat frees during the short wait: the import goes on at once
+    freed.append(seat)
+    slept.clear()
+    calls.clear()
+    done = waiting.run(request("account", ids[0], source="sqs"))
+    assert done.result == "imported" and len(slept) == 1
+    assert "UpdateItem" in calls and "TransactWriteItems" in calls
+    assert imports_of(sandbox, "account", ids[0]) == 1

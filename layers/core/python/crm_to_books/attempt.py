@@ -709,12 +709,13 @@ class Attempt:
     def _before_lease(
         self, request: ImportRequest, org: Organization, reservation: Reservation | None
     ) -> Permit | Reservation | ImportOutcome | None:
-        """A queued import, when its organization is at or near its per-minute limit as this
-        container saw it (a container that never saw it looks first), or it came back before
-        its held slot's turn: the limiter is asked before the ledger. A held slot or a short
-        wait ends the attempt here: the message holds it (with the slot), and the ledger is
-        neither read nor written (the record stays as it was: queued, or none yet). A permit
-        goes on to the lease; a park goes through the ledger as any attempt's does."""
+        """A queued import, when its organization is at or near its per-minute limit or has
+        every seat taken, as this container saw it (a container that never saw it looks first),
+        or it came back before its held slot's turn: the limiter is asked before the ledger (a
+        seat that frees within a second is waited for, once). A held slot or a short wait ends
+        the attempt here: the message holds it (with the slot), and the ledger is neither read
+        nor written (the record stays as it was: queued, or none yet). A permit goes on to the
+        lease; a park goes through the ledger as any attempt's does."""
         got: Permit | Reservation | Denied
         if reservation is not None:
             if reservation.start_at - self._clock() <= AHEAD_SECONDS:
@@ -724,6 +725,9 @@ class Attempt:
             return None
         else:
             got = self.limiter.acquire(request.organization_id, org, reserve=True)
+            if isinstance(got, Denied) and got.retry_after <= SHORT_WAIT_SECONDS and got.brief:
+                self._sleep(got.retry_after)  # a seat frees within a second: once, as `_permit`
+                got = self.limiter.acquire(request.organization_id, org, reserve=True)
         if isinstance(got, Permit):
             return got
         if isinstance(got, Reservation) and got.start_at - self._clock() <= AHEAD_SECONDS:

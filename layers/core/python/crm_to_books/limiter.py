@@ -281,9 +281,10 @@ class RateLimiter:
 
     def crowded(self, organization_id: str, org: Organization) -> bool:
         """Whether the organization is at or near its per-minute limit (fewer rate slots free
-        than `few_free`), as this container saw it, or this container lost a race for a slot
-        lately: a caller that can carry a reservation then asks the limiter before writing
-        anything else, since it is likely to wait for a turn. A container that never saw the
+        than `few_free`) or has every seat taken (as many calls in flight as may run at once),
+        as this container saw it, or this container lost a race for a slot lately: a caller
+        that can carry a reservation then asks the limiter before writing anything else, since
+        it is likely to wait, for a turn or for a seat. A container that never saw the
         item reads it (one `GetItem`, which the acquire that follows would make anyway, and
         which counts as read for it): a cold container at a crowded organization then waits
         without writing the ledger."""
@@ -298,8 +299,9 @@ class RateLimiter:
         at = now if now - seen < self._window else seen
         cap, rpm = org.max_concurrency, org.requests_per_minute
         busy = sum(1 for k, t in _View.stamps(item, at).items() if k < rpm and t > at)
+        seated = sum(1 for j, t in _View.stamps(item, at, "c").items() if j < cap and t > at)
         lost = self._spread.get(organization_id, cap) > cap
-        return lost or rpm - busy < few_free(org)
+        return lost or rpm - busy < few_free(org) or seated >= cap
 
     def _reserve(
         self, organization_id: str, org: Organization, view: _View, denied: Denied, spread: int
@@ -546,14 +548,15 @@ class _View:
     own: frozenset[int]  # ... of which this container released since the view was read
 
     @staticmethod
-    def stamps(item: dict[str, Any], now: float) -> dict[int, float]:
-        """The rate slots of an item in the current layout, as epoch seconds."""
+    def stamps(item: dict[str, Any], now: float, kind: str = "r") -> dict[int, float]:
+        """The rate slots (`kind` "r") or seats ("c") of an item in the current layout, as
+        epoch seconds."""
         if "v" in item:
             return {}
         return {
             int(name[1:]): unstamp(value, now)
             for name, value in item.items()
-            if name[:1] == "r" and name[1:].isdigit()
+            if name[:1] == kind and name[1:].isdigit()
         }
 
     @classmethod
