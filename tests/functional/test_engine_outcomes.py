@@ -492,5 +492,35 @@ def test_a_queued_import_waits_for_a_seat_without_writing_the_ledger(
     calls.clear()
     done = waiting.run(request("account", ids[0], source="sqs"))
     assert done.result == "imported" and len(slept) == 1
-    assert "UpdateItem" in calls and "TransactWriteItems" in calls
+    # A look, the other container's release (during the wait), a look, the permit (taken
+    # first), the lease, the record with the permit's release, the outcome event
+    assert calls == [
+        "GetItem",
+        "UpdateItem",
+        "GetItem",
+        "UpdateItem",
+        "UpdateItem",
+        "TransactWriteItems",
+        "PutEvents",
+    ]
     assert imports_of(sandbox, "account", ids[0]) == 1
+    assert waiting.limiter.snapshot(ORG)["in_flight"] == 0  # the seat is free again
+
+    # A permit taken before the lease and never used (the attempt stops before its call to
+    # Zoho: here a scope marked missing) is released with the record, not left to its lease
+    from crm_to_books.entities import get_entity
+
+    contact = sandbox.crm_ids["contact"][0]
+    cold = Importer(one_seat, clock=lambda: now[0], sleep=sleep)  # it looks at the item first
+    cold.tokens.mark_missing(org.connection, get_entity("contact").scope)
+    seat = holder.limiter.acquire(ORG, org)
+    assert isinstance(seat, Permit)
+    now[0] += 0.5
+    freed.append(seat)
+    slept.clear()
+    stopped = cold.run(request("contact", contact, source="sqs"))
+    assert len(slept) == 1 and not freed  # it waited for the seat, which freed meanwhile
+    assert stopped.result == "retry_later" and stopped.parked
+    assert stopped.error and "scope" in stopped.error.message
+    assert imports_of(sandbox, "contact", contact) == 0
+    assert cold.limiter.snapshot(ORG)["in_flight"] == 0

@@ -109,6 +109,7 @@ class World:
     answers: list[Answer] = field(default_factory=list)
     containers: dict[str, Importer] = field(default_factory=dict)
     faulty_ddb: bool = True
+    last_death: float = float("-inf")  # when an invocation was last killed (or timed out)
     journal: list[tuple[Any, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -305,6 +306,7 @@ class World:
     def kill(self, name: str) -> None:
         self.scheduler.kill(name)
         self.containers.pop(name, None)  # its memory is gone: the next invocation is cold
+        self.last_death = self.clock.now  # what it held is released by its lease's end
 
     def enforce_timeouts(self) -> None:
         """Lambda stops an invocation at its timeout, wherever it is."""

@@ -21,6 +21,7 @@ import os
 import random
 from collections.abc import Iterator
 
+import boto3
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -33,6 +34,7 @@ from hypothesis.stateful import (
 )
 from moto import mock_aws
 
+from crm_to_books.limiter import RateLimiter
 from crm_to_books.models import Status
 from crm_to_books.tokens import ZOHO_TOKEN_WINDOW
 from tests.model.harness import (
@@ -92,6 +94,7 @@ ZOHO_CHANGES = (
     "connect",
 )
 SKEWS = (0.0, 0.02, -0.02, 0.05, -0.05)
+LIMITER_LEASE = 40.0  # RateLimiter's lease_seconds, as the engine builds it
 SLACK = 2.0  # whole-second delays and clock skew: a message may come this much after its time
 
 
@@ -103,6 +106,8 @@ class EngineModel(RuleBasedStateMachine):
         self.world = World(skews={"c0": 0.0, "c1": 0.02, "c2": -0.02})
         self.steps = self.kills = 0
         self.faults: set[str] = set()
+        self.last_ddb_fault = float("-inf")  # a release not written is ended by its lease
+        self.peek = boto3.client("dynamodb", region_name="us-east-1")  # no faults, no steps
 
     # -- what happens ----------------------------------------------------------------------
     @initialize(rng=st.randoms(use_true_random=False))
@@ -144,6 +149,8 @@ class EngineModel(RuleBasedStateMachine):
             self.steps += 1
             if choice != "ok" and _applies(label, choice):
                 self.faults.add(choice)
+                if choice.startswith("ddb_"):
+                    self.last_ddb_fault = self.world.clock.now
             self.world.enforce_timeouts()
 
     @precondition(lambda self: self.world.scheduler.running())
@@ -222,6 +229,26 @@ class EngineModel(RuleBasedStateMachine):
             assert len(window) <= per_minute, f"{len(window)} Books calls within a minute"
         in_flight = sum(1 for c in zoho.calls if not c.done)
         assert in_flight <= LIMITS.max_concurrency, f"{in_flight} Books calls at once"
+
+    @invariant()
+    def no_seat_outlives_its_invocation(self) -> None:
+        """A seat (one of the organization's Books calls at once) is held only while an
+        invocation may use it: one still running, or, for a lease, one that died or met a
+        DynamoDB fault (its release not written). A permit left held by an attempt that ended
+        keeps the organization's calls down for 40 s."""
+        world = self.world
+        now = world.clock.now
+        since = max(world.last_death, self.last_ddb_fault) + LIMITER_LEASE + 1.0
+        if world.scheduler.running() or now < since:
+            return
+        limiter = RateLimiter(
+            SETTINGS.state_table,
+            window_seconds=SETTINGS.rate_window_seconds,
+            client=self.peek,
+            clock=lambda: now + 0.25,  # the containers' skews and the stamps' rounding
+        )
+        held = limiter.snapshot(ORG)["in_flight"]
+        assert held == 0, f"{held} seats held with no invocation running"
 
     @invariant()
     def answers_claim_only_what_is_known(self) -> None:

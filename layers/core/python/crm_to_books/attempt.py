@@ -198,12 +198,8 @@ class Attempt:
             return early
         if isinstance(early, Reservation):  # its turn is within a second: taken in process
             reservation, early = early, None
-        state = self.ledger.begin(
-            request, uuid.uuid4().hex, s.attempt_lease_seconds, s.lookup_settle_seconds
-        )
+        state = self._begin(request, early)
         if not isinstance(state, Claim):
-            if early is not None:
-                self.limiter.release(early)  # not used: counts as a call that finished now
             return self._not_claimed(request, state, sync, holder)
         run = _Run(
             state,
@@ -226,6 +222,7 @@ class Attempt:
         except Exception:
             self._finish_after_fault(run)
             raise
+        permit = self._with_unused(run, permit)
         rate_limited = rate_limited or bool(done.error and done.error.category == "rate_limited")
         if (
             sync
@@ -287,6 +284,36 @@ class Attempt:
             deferred=deferred,
             reservation=self._held(run) if result == "retry_later" else None,
         )
+
+    def _begin(
+        self, request: ImportRequest, early: Permit | None
+    ) -> Claim | AlreadySucceeded | Busy:
+        """The ledger's lease; a permit taken before it is released if no claim comes of it."""
+        s = self.settings
+        try:
+            state = self.ledger.begin(
+                request, uuid.uuid4().hex, s.attempt_lease_seconds, s.lookup_settle_seconds
+            )
+        except Exception:
+            if early is not None:
+                self._drop(early)
+            raise
+        if not isinstance(state, Claim) and early is not None:
+            self.limiter.release(early)  # not used: counts as a call that finished now
+        return state
+
+    def _with_unused(self, run: _Run, permit: Permit | None) -> Permit | None:
+        """The permit to release with the record: the attempt's, or the one taken before the
+        lease if the attempt ended before its first call to Zoho (settling, no token, a scope
+        missing, found by a look-up), which would otherwise hold its seat until its lease
+        ends. Both (never expected): the early one is released now."""
+        early, run.permit = run.permit, None
+        if early is None:
+            return permit
+        if permit is None:
+            return early
+        self.limiter.release(early)
+        return permit
 
     def _not_claimed(
         self,
@@ -877,10 +904,18 @@ class Attempt:
                     detail="The attempt failed unexpectedly; it is tried again after "
                     f"{math.ceil(at - self._clock())} s." + self._owed(run),
                 ),
-                None,
+                run.permit,  # one taken before the lease and not used yet: released with it
             )
         except Exception:  # the lease runs out; the next attempt inherits the look-up duty
             logger.exception("could not record an attempt that failed unexpectedly")
+        run.permit = None
+
+    def _drop(self, permit: Permit) -> None:
+        """Release a permit nothing used, after a fault: if that fails too, its lease ends it."""
+        try:
+            self.limiter.release(permit)
+        except Exception:
+            logger.exception("could not release an unused permit; its lease will end it")
 
     def _known(self, request: ImportRequest, record: ImportRecord) -> ImportOutcome:
         books_id = record.books_id
