@@ -176,7 +176,7 @@ def _head_of_line(backlog: int, parked: bool) -> dict[str, Any]:
         served = serve(importers, queue, sent + 600.0, stop_when=(quiet, "1"))
         calls, _, _ = w.calls.take()
     done = served.finished_at.get((quiet, "1"))
-    handled = served.parked + served.retries + sum(served.done.values())
+    handled = served.parked + served.retries + served.other + sum(served.done.values())
     return {
         "backlog": backlog,
         "noisy_parked_at_daily_cap": parked,

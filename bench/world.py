@@ -312,7 +312,6 @@ class _Message:
     visible_at: float
     seq: int
     request: ImportRequest = field(compare=False)
-    sent_at: float = field(compare=False, default=0.0)
     held: Reservation | None = field(compare=False, default=None)  # the turn it carries
 
 
@@ -330,7 +329,7 @@ class Queue:
     ) -> None:
         now = time.monotonic()
         with self._lock:
-            message = _Message(now + delay, next(self._seq), request, now, held)
+            message = _Message(now + delay, next(self._seq), request, held)
             heapq.heappush(self._heap, message)
 
     def receive(self, deadline: float, stop: threading.Event) -> _Message | None:
@@ -348,6 +347,7 @@ class Served:
     done: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # org -> imported
     parked: int = 0
     retries: int = 0
+    other: int = 0  # neither imported nor back in the queue (failed, already imported)
     finished_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
@@ -379,17 +379,18 @@ def serve(
                 if outcome.parked:
                     served.parked += 1  # the re-drive job owns it now
                     continue
+                if outcome.result != "imported":
+                    served.other += 1
+                    continue
                 served.done[request.organization_id] += 1
                 key = (request.organization_id, request.crm_id)
                 served.finished_at[key] = time.monotonic()
                 if key == stop_when:
                     stop.set()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in importers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(len(importers), thread_name_prefix="container") as pool:
+        for future in [pool.submit(work, i) for i in importers]:
+            future.result()  # a container's error ends the run, not just its thread
     return served
 
 
