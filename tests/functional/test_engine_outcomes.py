@@ -476,6 +476,8 @@ def test_a_queued_import_waits_for_a_seat_without_writing_the_ledger(
 
     seat = holder.limiter.acquire(ORG, org)  # its call has been in flight for half a second
     assert isinstance(seat, Permit)
+    # With no call seen yet, a call is guessed to hold its seat HOLD_GUESS_SECONDS (1 s): the
+    # seat is due in 0.5 s (x 1 to 1.5, the limiter's spread), within the one short wait
     now[0] += 0.5
     calls = aws_calls(monkeypatch)
     outcome = waiting.run(request("account", ids[0], source="sqs"))

@@ -509,11 +509,7 @@ class Attempt:
         if isinstance(got, Reservation) and got.start_at - self._clock() <= AHEAD_SECONDS:
             run.reservation = got  # its turn is within a second: waited for here
             got = self._ask(run)
-        if isinstance(got, Denied) and got.retry_after <= SHORT_WAIT_SECONDS and got.brief:
-            # A seat frees within a second: one short wait here beats a trip through the
-            # queue, whose delays come in whole seconds (and Retry-After too). Once, no spin.
-            self._sleep(got.retry_after)
-            got = self._ask(run)
+        got = self._once_more(got, lambda: self._ask(run))
         if isinstance(got, Permit):
             run.reservation = None  # used, or lapsed
             if got.start_at > self._clock():  # its slot frees within a second: wait for it
@@ -524,6 +520,17 @@ class Attempt:
             raise _Stop(self._waits_turn(run, got), rate_limited=True)
         logger.debug("no permit", extra={"organization_id": organization_id, "why": got.reason})
         raise _Stop(self._denied(run, got), rate_limited=True)
+
+    def _once_more(
+        self, got: Permit | Reservation | Denied, ask: Callable[[], Permit | Reservation | Denied]
+    ) -> Permit | Reservation | Denied:
+        """A seat frees within a second: one short wait here beats a trip through the queue,
+        whose delays come in whole seconds (and Retry-After too), then `ask` again. Once, no
+        spin."""
+        if isinstance(got, Denied) and got.retry_after <= SHORT_WAIT_SECONDS and got.brief:
+            self._sleep(got.retry_after)
+            return ask()
+        return got
 
     def _ask(self, run: _Run) -> Permit | Reservation | Denied:
         """The limiter, asked for a permit; a queue message's attempt may be given a held slot
@@ -751,10 +758,10 @@ class Attempt:
         elif not self.limiter.crowded(request.organization_id, org):
             return None
         else:
-            got = self.limiter.acquire(request.organization_id, org, reserve=True)
-            if isinstance(got, Denied) and got.retry_after <= SHORT_WAIT_SECONDS and got.brief:
-                self._sleep(got.retry_after)  # a seat frees within a second: once, as `_permit`
-                got = self.limiter.acquire(request.organization_id, org, reserve=True)
+            got = self._once_more(
+                self.limiter.acquire(request.organization_id, org, reserve=True),
+                lambda: self.limiter.acquire(request.organization_id, org, reserve=True),
+            )
         if isinstance(got, Permit):
             return got
         if isinstance(got, Reservation) and got.start_at - self._clock() <= AHEAD_SECONDS:
