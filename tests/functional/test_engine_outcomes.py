@@ -446,6 +446,18 @@ def test_a_cold_container_looks_at_its_organization_before_the_ledger(
     assert calls == ["GetItem", "UpdateItem"]
 
 
+def _two_containers(
+    settings: Any, limits: Any, now: list[float], sleep: Callable[[float], None]
+) -> tuple[Any, Importer, Importer]:
+    """Settings with `limits` for ORG, and two containers on them with the clock `now`: another
+    one, and this one (with its token)."""
+    limited = settings.model_copy(update={"organizations": {ORG: limits}})
+    other = Importer(limited, clock=lambda: now[0], sleep=sleep)
+    here = Importer(limited, clock=lambda: now[0], sleep=sleep)
+    here.tokens.get("default")
+    return limited, other, here
+
+
 def test_a_queued_import_waits_for_a_seat_without_writing_the_ledger(
     sandbox: ZohoSandbox, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -465,13 +477,10 @@ def test_a_queued_import_waits_for_a_seat_without_writing_the_ledger(
         if freed:  # the other container's call ends while this one waits
             holder.limiter.release(freed.pop())
 
-    one_seat = settings.model_copy(
-        update={"organizations": {ORG: Organization(requests_per_minute=100, max_concurrency=1)}}
+    one_seat, holder, waiting = _two_containers(
+        settings, Organization(requests_per_minute=100, max_concurrency=1), now, sleep
     )
     org = one_seat.organizations[ORG]
-    holder = Importer(one_seat, clock=lambda: now[0], sleep=sleep)  # another container
-    waiting = Importer(one_seat, clock=lambda: now[0], sleep=sleep)
-    waiting.tokens.get("default")
     ids = sandbox.crm_ids["account"]
 
     seat = holder.limiter.acquire(ORG, org)  # its call has been in flight for half a second
@@ -526,3 +535,55 @@ def test_a_queued_import_waits_for_a_seat_without_writing_the_ledger(
     assert stopped.error and "scope" in stopped.error.message
     assert imports_of(sandbox, "contact", contact) == 0
     assert cold.limiter.snapshot(ORG)["in_flight"] == 0
+
+
+def test_at_its_limit_a_release_keeps_the_slot_for_the_next_queued_import_at_no_call(
+    sandbox: ZohoSandbox, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With queued imports waiting at an organization at its per-minute limit, a container's
+    release holds the slot for the next one it sees (its turn), in the write the release makes
+    anyway: that import gets its turn without an AWS call, and nobody races for the slot."""
+    from crm_to_books.limiter import Permit, Reservation
+    from crm_to_books.settings import Organization
+
+    now = [1_795_000_000.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    two, other, here = _two_containers(
+        settings, Organization(requests_per_minute=2, max_concurrency=2), now, sleep
+    )
+    org = two.organizations[ORG]
+    first, second, third = (
+        request("account", i, source="sqs") for i in sandbox.crm_ids["account"][:3]
+    )
+
+    flying = other.limiter.acquire(ORG, org)  # one call in flight elsewhere
+    assert isinstance(flying, Permit)
+    assert here.run(first).result == "imported"  # the window's other slot
+    now[0] += 0.1
+    waits = here.run(second)  # nothing to spare: a queued import waits, with a turn
+    assert waits.result == "retry_later" and isinstance(waits.reservation, Reservation)
+    now[0] += 1.4
+    other.limiter.release(flying)
+
+    # Back at its turn, the import is made: the same 4 calls as any import
+    now[0] = waits.reservation.start_at - 0.5
+    calls = aws_calls(monkeypatch)
+    assert here.run(second, reservation=waits.reservation).result == "imported"
+    assert calls == ["UpdateItem", "UpdateItem", "TransactWriteItems", "PutEvents"]
+
+    # and its release kept the slot for the next queued import here: no call at all
+    calls.clear()
+    kept = here.run(third)
+    assert kept.result == "retry_later" and not kept.recorded
+    assert kept.reservation is not None and calls == []
+    assert kept.reservation.start_at > now[0] + 1.0  # when the slot frees, a window later
+
+    # which, at that turn, imports in any container
+    later = Importer(two, clock=lambda: now[0], sleep=sleep)
+    later.tokens.get("default")
+    now[0] = kept.reservation.start_at - 0.5
+    assert later.run(third, reservation=kept.reservation).result == "imported"
+    assert imports_of(sandbox, "account", third.crm_id) == 1

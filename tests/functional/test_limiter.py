@@ -7,7 +7,14 @@ from typing import Any
 import boto3
 import pytest
 
-from crm_to_books.limiter import Denied, Permit, RateLimiter, Reservation, stamp
+from crm_to_books.limiter import (
+    SKEW_SECONDS,
+    Denied,
+    Permit,
+    RateLimiter,
+    Reservation,
+    stamp,
+)
 from crm_to_books.settings import Organization
 from tests.functional.conftest import NAMES, ORG
 
@@ -168,3 +175,65 @@ def test_a_queued_caller_that_loses_a_race_with_slots_to_spare_takes_another_at_
     assert raced, "the race did not happen"
     assert isinstance(got, Permit), got
     assert f"r{got.slot}" != raced[0]["#r"] and got.start_at <= T0 + 1
+
+
+def _counting(calls: list[str]) -> Any:
+    client = boto3.client("dynamodb")
+    client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    return client
+
+
+def test_a_call_released_at_the_limit_keeps_its_slot_for_the_next_queued_import(
+    aws_world: dict[str, Any],
+) -> None:
+    limits = Organization(requests_per_minute=4, max_concurrency=4)
+    moment = [T0]
+    calls: list[str] = []
+    container = RateLimiter(
+        NAMES.state_table, client=_counting(calls), clock=lambda: moment[0], window_seconds=60.0
+    )
+    first, second, third = (container.acquire(ORG, limits) for _ in range(3))
+    assert isinstance(first, Permit) and isinstance(second, Permit) and isinstance(third, Permit)
+
+    # No queued import has had to wait here: a call frees its slot as any call does
+    moment[0] += 0.5
+    container.release(first)
+    assert container.claim(ORG) is None
+    assert isinstance(container.acquire(ORG, limits), Permit)  # the window's last slot
+    # A queued import now waits here (no slot to spare): it is told when to come back
+    told = container.acquire(ORG, limits, reserve=True)
+    assert isinstance(told, Denied) and told.reason == "per_minute"
+
+    # With a queued import waiting, and no slot to spare, the release keeps the slot for the
+    # next one this container sees: the same one write, its turn from when the slot frees
+    moment[0] += 0.5
+    calls.clear()
+    container.release(second)
+    assert calls == ["UpdateItem"]
+    turn = container.claim(ORG)
+    assert isinstance(turn, Reservation) and turn.slot == second.slot
+    assert abs(turn.start_at - (moment[0] + 60.0 + SKEW_SECONDS)) < 0.011
+    assert container.claim(ORG) is None  # one turn, for one import
+
+    # Nobody else takes the slot when it frees; the import given the turn takes it then
+    at_turn = turn.start_at + 0.01
+    other = limiter_at(at_turn).acquire(ORG, limits)
+    assert not isinstance(other, Permit) or other.slot != turn.slot
+    taken = limiter_at(at_turn).acquire(ORG, limits, reserve=True, reservation=turn)
+    assert isinstance(taken, Permit) and taken.slot == turn.slot
+
+
+def test_a_kept_turn_nobody_claimed_in_time_is_not_given_out(aws_world: dict[str, Any]) -> None:
+    limits = Organization(requests_per_minute=2, max_concurrency=2)
+    moment = [T0]
+    lease = 40.0
+    container = RateLimiter(
+        NAMES.state_table, clock=lambda: moment[0], window_seconds=60.0, lease_seconds=lease
+    )
+    first, _ = (container.acquire(ORG, limits) for _ in range(2))
+    assert isinstance(first, Permit)
+    assert isinstance(container.acquire(ORG, limits, reserve=True), Denied)  # one waits
+    container.release(first)
+    # Its slot holds the turn until the turn's lease ends: too late to hand out near that end
+    moment[0] += 60.0 + lease - 1.0
+    assert container.claim(ORG) is None

@@ -84,6 +84,7 @@ class LimiterModel(RuleBasedStateMachine):
         self.told: dict[str, Told] = {}
         self.held: list[Reservation] = []  # rate slots held for queued callers, not yet used
         self.turns: list[Reservation] = []  # held slots no call has taken since
+        self.kept: list[tuple[str, Reservation]] = []  # turns a container keeps (`claim`)
         self.last_turn = float("-inf")  # when the last turn was held
 
     def teardown(self) -> None:
@@ -279,19 +280,86 @@ class LimiterModel(RuleBasedStateMachine):
         self.throttle_next = throttled
         self.events += 1
         call.ended = self.now
+        limiter = self.limiter(call.container)
+        kept = len(limiter._pocket.get(ORG, []))
         try:
-            self.limiter(call.container).release(call.permit)
+            limiter.release(call.permit)
         except ClientError:
             # Not written: its slot and seat count until the lease ends, as a dead one's.
             self.unclean_until = max(self.unclean_until, call.start + LEASE + WINDOW + 1.0)
+            assert len(limiter._pocket.get(ORG, [])) == kept  # no turn kept by a failed write
             return
         call.released = True
+        new = [t for t in limiter._pocket.get(ORG, []) if t.slot == call.permit.slot]
+        if not new:
+            return
+        # Kept for the next queued import this container sees (a queued one waited here)
+        (turn,) = new
+        self._at_the_limit(turn)
+        now = self.now + SKEWS[call.container]
+        assert abs(turn.start_at - (now + WINDOW)) <= 0.2, turn  # when the slot frees
+        self.kept.append((call.container, turn))
+        self._held(turn)
+        self.held.remove(turn)  # it travels with a message only once claimed
+
+    @rule(name=st.sampled_from(sorted(SKEWS)))
+    def queued_import(self, name: str) -> None:
+        """A queued import comes to a container, as the engine sees one: a turn the container
+        kept for the next one first (no call), else the limiter asked, a turn allowed."""
+        if self.busy(name):
+            return
+        if any(n == name for n, _ in self.kept):
+            self._claim(name)
+            return
+        self.ask_for_a_turn(name)
+
+    @rule(
+        names=st.lists(st.sampled_from(sorted(SKEWS)), min_size=4, max_size=14),
+        step=st.sampled_from((0.3, 1.0, 2.5)),
+    )
+    def backlog(self, names: list[str], step: float) -> None:
+        """More queued imports than the limit allows, one every `step` seconds, each call
+        released as soon as it is made: the calls spread over the window, the waiting ones
+        are told when (or given turns), and releases at the limit keep their slots for the
+        next queued import of their container."""
+        for name in names:
+            self.tick(step)
+            self.queued_import(name)
+            flying = [c for c in self.calls if c.container == name and c.ended is None]
+            for call in flying:
+                if max(self.now, call.start) > call.deadline:
+                    continue  # the function's timeout ended it long ago: see `die`
+                self.now = max(self.now, call.start)
+                call.arrived = self.now
+                self._release(call, throttled=False)
+
+    @precondition(lambda self: bool(self.kept))
+    @rule(data=st.data())
+    def claim_a_kept_turn(self, data: st.DataObject) -> None:
+        """A queued import comes to the container that kept a turn: it is given the turn (no
+        call) while its slot still holds it, else nothing."""
+        name, _ = data.draw(st.sampled_from(self.kept))
+        self._claim(name)
+
+    def _claim(self, name: str) -> None:
+        got = self.limiter(name).claim(ORG)
+        mine = sorted((t for n, t in self.kept if n == name), key=lambda t: t.start_at)
+        good = [t for t in mine if self.now + SKEWS[name] < t.start_at + LEASE - 5.0]
+        if got is None:
+            assert not good, good
+            self.kept = [(n, t) for n, t in self.kept if n != name]
+            return
+        assert good and got == good[0], (got, good)
+        passed = {t for t in mine if t.start_at <= got.start_at}  # given, or out of date
+        self.kept = [(n, t) for n, t in self.kept if n != name or t not in passed]
+        self.held.append(got)  # its message comes back for it (`come_back_for_the_turn`)
 
     @rule(name=st.sampled_from(sorted(SKEWS)))
     def die(self, name: str) -> None:
         """The container dies, whatever it held: its calls end (at Zoho) by their lease's end."""
         self.events += 1
         self.told.pop(name, None)
+        self.kept = [(n, t) for n, t in self.kept if n != name]  # lost with the container
         for call in self.calls:
             if call.container == name and call.ended is None:
                 self.unclean_until = max(self.unclean_until, call.start + LEASE + WINDOW + 1.0)

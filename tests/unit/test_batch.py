@@ -285,3 +285,22 @@ def test_a_made_up_reservation_attribute_gives_the_sender_nothing(importer: Fake
     }
     run(importer, record)
     assert importer.reservations == [None]
+
+
+def test_the_records_with_a_turn_go_first_soonest_first(importer: FakeImporter) -> None:
+    later = Reservation(ORG, 4, 4_567_890, 1_795_000_080.0)
+    sooner = Reservation(ORG, 1, 1_234_567, 1_795_000_061.5)
+    records = []
+    for crm_id, turn in (("1", None), ("2", later), ("3", None), ("4", sooner)):
+        record = sqs_record({"organization_id": ORG, "crm_id": crm_id}, message_id=f"m{crm_id}")
+        if turn is not None:
+            record["messageAttributes"] = {
+                batch.RESERVATION_ATTRIBUTE: {"stringValue": turn.encode(), "dataType": "String"}
+            }
+        records.append(record)
+
+    run(importer, *records)
+
+    ran = [c[1][0].crm_id for c in importer.calls if c[0] == "run"]
+    assert ran == ["4", "2", "1", "3"]  # then the others, as they came
+    assert importer.reservations == [sooner, later, None, None]

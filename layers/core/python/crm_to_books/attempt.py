@@ -746,10 +746,11 @@ class Attempt:
         """A queued import, when its organization is at or near its per-minute limit or has
         every seat taken, as this container saw it (a container that never saw it looks first),
         or it came back before its held slot's turn: the limiter is asked before the ledger (a
-        seat that frees within a second is waited for, once). A held slot or a short wait ends
-        the attempt here: the message holds it (with the slot), and the ledger is neither read
-        nor written (the record stays as it was: queued, or none yet). A permit goes on to the
-        lease; a park goes through the ledger as any attempt's does."""
+        seat that frees within a second is waited for, once), after a turn this container's own
+        release kept for the next queued import (`RateLimiter.claim`, no call). A held slot or
+        a short wait ends the attempt here: the message holds it (with the slot), and the
+        ledger is neither read nor written (the record stays as it was: queued, or none yet). A
+        permit goes on to the lease; a park goes through the ledger as any attempt's does."""
         got: Permit | Reservation | Denied
         if reservation is not None:
             if reservation.start_at - self._clock() <= AHEAD_SECONDS:
@@ -757,6 +758,8 @@ class Attempt:
             got = reservation  # back before its turn: wait for it, nothing asked
         elif not self.limiter.crowded(request.organization_id, org):
             return None
+        elif (kept := self.limiter.claim(request.organization_id)) is not None:
+            got = kept
         else:
             got = self._once_more(
                 self.limiter.acquire(request.organization_id, org, reserve=True),

@@ -11,13 +11,16 @@
   writes the record, so the record's next attempt is one a message keeps;
 - poison (can never succeed): recorded as failed where it names a ledger key, and deleted,
   so it neither blocks the batch nor loops until the DLQ.
+
+Records that carry a turn (`limiter.Reservation`) are imported first, soonest first: the slots
+their calls release are then kept for the batch's others (`turns_first`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -72,11 +75,30 @@ def process_batch(
     # batch item failure, and a poison message would come back until the DLQ.
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     return process_partial_response(
-        event=event,
+        event={**event, "Records": turns_first(event.get("Records") or [])},
         record_handler=_record_handler(importer, kind, sqs, context),
         processor=processor,
         context=context,
     )
+
+
+def turns_first(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batch in the order it is imported: the records that carry a turn first, soonest
+    first, then the others as they came (a queue's batch comes in no promised order). The slots
+    the first ones' calls release are then kept for the others, which wait without a turn
+    (`RateLimiter.claim`), in this invocation."""
+
+    def due(record: dict[str, Any]) -> float:
+        turn = _carried(record, "")
+        return turn.start_at if turn is not None else math.inf
+
+    return sorted(records, key=due)
+
+
+def _carried(raw: dict[str, Any], organization_id: str) -> Reservation | None:
+    """The rate slot held for a message's import, if it carries one."""
+    value = (raw.get("messageAttributes") or {}).get(RESERVATION_ATTRIBUTE)
+    return Reservation.decode(organization_id, (value or {}).get("stringValue"))
 
 
 def _record_handler(
@@ -198,8 +220,7 @@ class MessageHolder:
 
     def reservation(self, organization_id: str) -> Reservation | None:
         """The rate slot held for this message's import, if it carries one."""
-        value = (self._record.raw_event.get("messageAttributes") or {}).get(RESERVATION_ATTRIBUTE)
-        return Reservation.decode(organization_id, (value or {}).get("stringValue"))
+        return _carried(self._record.raw_event, organization_id)
 
     def hold(
         self,

@@ -29,6 +29,12 @@ permit for a slot that frees within `AHEAD_SECONDS` and waits for it in process 
 so a freed slot is used when it frees. A view showing every slot busy proves a denial without a
 read: busy rate slots only ever become busy for less, never free, until their time.
 
+A queued caller (one that can carry a `Reservation`) at the limit is given a *turn* instead: a
+slot held for it from when it frees. Once queued callers have had to wait in a container, that
+container's releases at the limit keep their slots as turns for the next queued callers it sees
+(`claim`), in the write the release makes anyway: no other container knows the slot is done, so
+nobody races for it, and the turn costs no call.
+
 Guarantees (each atomic in DynamoDB's condition): at most `requests_per_minute` calls in any
 `window` span that Zoho measures, by arrival, whatever the containers' clocks disagree by up to
 `SKEW_SECONDS`; at most `max_concurrency` in flight; at most `daily_limit` per UTC day; nobody
@@ -69,6 +75,10 @@ AHEAD_SECONDS = 1.0  # a permit may start this far ahead: queue delays come in w
 # keeps them much closer), and 20 ms for rounding. It costs 0.2% of a 60 s window.
 SKEW_SECONDS = 0.12
 HOLD_GUESS_SECONDS = 1.0  # a call's permit-to-release time before this container saw one
+# A release holds its slot for the next queued import this container sees (`claim`) if one had
+# to wait here this recently; such a turn is given out while its slot holds it, less a margin.
+BACKLOG_SECONDS = 30.0
+POCKET_MARGIN_SECONDS = 5.0
 
 
 def stamp(t: float) -> int:
@@ -181,6 +191,12 @@ class RateLimiter:
         # The item as last seen per organization, and when DynamoDB returned it.
         self._known: dict[str, tuple[dict[str, Any], float]] = {}
         self._releasing: dict[Permit, float] = {}  # permit -> its finish, until written
+        # Per organization: its limits as last asked with, when a queued caller here last had
+        # to wait for a slot (a backlog), and the turns held for the next ones (`claim`).
+        self._orgs: dict[str, Organization] = {}
+        self._backlog: dict[str, float] = {}
+        self._pocket: dict[str, list[Reservation]] = {}
+        self._turning: dict[Permit, Reservation | None] = {}  # a release's turn, until written
         self._hold = HOLD_GUESS_SECONDS  # how long a call holds its seat, as seen here
         # Per organization, the slot the last denial aimed this container at and the seat it
         # held last: tried first, since others aim elsewhere and sit elsewhere.
@@ -212,6 +228,19 @@ class RateLimiter:
         come back. `reserve`: the caller can carry a `Reservation` (a queue message can, an
         HTTP caller cannot): when every rate slot is busy, hold one for it instead of a denial.
         `reservation`: the one the caller carries, taken first if it is still its own."""
+        self._orgs[organization_id] = org
+        got = self._acquire(organization_id, org, reserve, reservation)
+        if reserve and (isinstance(got, Reservation) or getattr(got, "reason", "") == "per_minute"):
+            self._backlog[organization_id] = self._clock()  # a queued caller waits here
+        return got
+
+    def _acquire(
+        self,
+        organization_id: str,
+        org: Organization,
+        reserve: bool,
+        reservation: Reservation | None,
+    ) -> Permit | Reservation | Denied:
         if reservation is not None and reservation.organization_id == organization_id:
             took = self._take_reserved(organization_id, org, reservation)
             if took is not None:
@@ -233,10 +262,12 @@ class RateLimiter:
                 plan = self._aim(organization_id, org, mine, *plan)
             if isinstance(plan, Denied):
                 can_hold = reserve and plan.reason == "per_minute" and holds < MAX_HOLD_TRIES
-                if not fresh and (not view.proves(plan, now) or (can_hold and view.must_look(now))):
+                if not fresh and not view.proves(plan, now):
                     # Seats free when calls are released, and a view older than a window may
-                    # hide released calls whose slots are free; a call released since the view
-                    # leaves a slot that can be held: look before saying no.
+                    # hide released calls whose slots are free: look before saying no. (Not to
+                    # find a slot released since the view, to hold: at the limit with queued
+                    # imports waiting, releases keep their slots for them (`claim`), and every
+                    # waiting caller looking for one cost a read, and a race, per message.)
                     self._known.pop(organization_id)
                     continue
                 if not can_hold:
@@ -288,6 +319,7 @@ class RateLimiter:
         item reads it (one `GetItem`, which the acquire that follows would make anyway, and
         which counts as read for it): a cold container at a crowded organization then waits
         without writing the ledger."""
+        self._orgs[organization_id] = org
         known = self._known.get(organization_id)
         if known is None:
             known = self._known[organization_id] = (self._read(organization_id), self._clock())
@@ -441,10 +473,33 @@ class RateLimiter:
         )
         return dynamo.load(answer.get("Attributes")) or {}
 
+    def claim(self, organization_id: str) -> Reservation | None:
+        """A turn this container's own release held for the next queued import it would see
+        waiting at the organization (`release_update`), soonest first, if one is still good: a
+        turn given out this way costs no write, and no other container races for its slot."""
+        now = self._clock()
+        pocket = self._pocket.get(organization_id) or []
+        while pocket:
+            turn = pocket.pop(0)
+            if now < turn.start_at + self._lease - POCKET_MARGIN_SECONDS:
+                self._backlog[organization_id] = now
+                return turn
+        return None
+
     def release_update(self, permit: Permit) -> dict[str, Any]:
         """The release as a TransactWriteItems `Update`, to ride along the ledger write."""
         now = self._clock()
         self._releasing[permit] = now
+        free = now + self._window + SKEW_SECONDS
+        org = self._orgs.get(permit.organization_id)
+        waiting = self._backlog.get(permit.organization_id, -math.inf) >= now - BACKLOG_SECONDS
+        turn = None
+        if org is not None and waiting and self._at_limit(permit, org, now):
+            # Queued imports wait here, and no slot is to spare: the slot is held for the next
+            # one this container sees, from when it frees, instead of freed for all to race.
+            held = stamp(free + self._lease + self._window + SKEW_SECONDS)
+            turn = Reservation(permit.organization_id, permit.slot, held, free)
+        self._turning[permit] = turn
         return {
             "Update": {
                 "TableName": self._table,
@@ -452,17 +507,37 @@ class RateLimiter:
                 "UpdateExpression": "SET #r = :free REMOVE #c",
                 "ExpressionAttributeNames": {"#r": rate_slot(permit.slot), "#c": seat(permit.seat)},
                 "ExpressionAttributeValues": dynamo.dump_values(
-                    {":free": stamp(now + self._window + SKEW_SECONDS)}
+                    {":free": turn.held if turn is not None else stamp(free)}
                 ),
             }
         }
 
+    def _at_limit(self, permit: Permit, org: Organization, now: float) -> bool:
+        """Fewer than `few_free` rate slots free besides this permit's, in a view younger than
+        a window: such a view proves it. A slot busy in it counts still (a call in flight then
+        ends later, so counts until at least a window after the view; a done or held slot's
+        time is exact), and slots taken by others since count too."""
+        known = self._known.get(permit.organization_id)
+        if known is None or now - known[1] >= self._window:
+            return False
+        item, _ = known
+        rpm = org.requests_per_minute
+        stamps = _View.stamps(item, now)
+        free = sum(1 for k in range(rpm) if k != permit.slot and stamps.get(k, 0.0) <= now)
+        return free < few_free(org)
+
     def released(self, permit: Permit) -> None:
         """The release was written (with the ledger's transaction): bring this container's
-        view in step, so that its next acquire knows its own slot and seat are free."""
+        view in step, so that its next acquire knows its own slot and seat are free (or its
+        slot held for the turn it keeps for the next queued import, `claim`)."""
         done = self._releasing.pop(permit, None)
+        turn = self._turning.pop(permit, None)
         if done is None:
             return
+        if turn is not None:
+            pocket = self._pocket.setdefault(permit.organization_id, [])
+            pocket.append(turn)
+            pocket.sort(key=lambda t: t.start_at)
         start = max(permit.start_at, permit.granted_at)
         if start:
             self._hold = 0.8 * self._hold + 0.2 * max(done - start, 0.0)
@@ -471,9 +546,12 @@ class RateLimiter:
             return
         item, seen = known
         updated = {k: v for k, v in item.items() if k != seat(permit.seat)}
-        updated[rate_slot(permit.slot)] = stamp(done + self._window + SKEW_SECONDS)
-        # Its time is exact though written after the view was read (not a call in flight).
-        updated[RELEASED_HERE] = {*item.get(RELEASED_HERE, ()), permit.slot}
+        if turn is not None:
+            updated[rate_slot(permit.slot)] = turn.held
+        else:
+            updated[rate_slot(permit.slot)] = stamp(done + self._window + SKEW_SECONDS)
+            # Its time is exact though written after the view was read (not a call in flight).
+            updated[RELEASED_HERE] = {*item.get(RELEASED_HERE, ()), permit.slot}
         self._known[permit.organization_id] = (updated, seen)
 
     def release(self, permit: Permit) -> None:
@@ -627,14 +705,6 @@ class _View:
             for k in self.slots
             if (rpm is None or k < rpm) and k not in self.done
         )
-
-    def must_look(self, now: float) -> bool:
-        """Whether a caller to be given a turn must read the item first: this container
-        released no slot it could hold, and a call in flight when this view was taken should
-        have been released by now (its slot could be held then, which this view cannot show)."""
-        if any(k in self.own and t > now for k, t in self.slots.items()):
-            return False
-        return any(t <= now for t in self._releases())
 
     def when_released(self, org: Organization, now: float, spread: int) -> Denied | None:
         """Back when one of the next calls to end is released (a held slot's call, or one in
