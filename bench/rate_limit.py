@@ -10,7 +10,9 @@ targets (issue 13): at most 6 AWS calls per import, at least 98% of the limit us
 freed slot idle at most 300 ms. Its containers poll one queue (`bench.world.serve`): a denied
 message comes back, after its delay, to whichever container polls first, as SQS hands it to
 any of a function's pollers; the denied messages of a backlog come back together and race
-again, which the run before 2026-12-07 (each container waiting out its own message) hid.
+again, which the run before 2026-12-07 (each container waiting out its own message) hid. A
+container receives up to a batch (`topology.BATCH_SIZE`) of the messages visible, and imports
+them one after the other, as the SQS handler does.
 
 Workers behave like SQS: a `retry_later` comes back after `ceil(retry_after)` seconds (message
 visibility is whole seconds), carrying the turn the limiter held for it, if any, as the delayed
@@ -35,6 +37,7 @@ from unittest import mock
 
 from bench.core import ZOHO_LATENCY_SECONDS, Options, Report
 from bench.world import Queue, run_workers, serve, sqs_wait, world
+from crm_to_books import topology
 from crm_to_books.attempt import Attempt
 from crm_to_books.entities import KINDS
 from crm_to_books.limiter import Permit, RateLimiter
@@ -91,13 +94,14 @@ def _drain(
     wait: Callable[[ImportOutcome], float],
     *,
     queue: bool,
+    batch: int = 1,
 ) -> tuple[int, int]:
     """Imports done and `retry_later` answers, by `_pass`'s model of the queue."""
     if queue:
         pending = Queue()
         for request in backlog:
             pending.send(request)
-        served = serve(importers, pending, deadline, wait=wait)
+        served = serve(importers, pending, deadline, wait=wait, batch=batch)
         return sum(served.done.values()), served.retries
     drained = run_workers(importers, backlog, deadline, wait=wait)
     return drained.count("imported"), drained.retries
@@ -110,6 +114,7 @@ def _pass(
     wait: Callable[[ImportOutcome], float],
     *,
     queue: bool = False,
+    batch: int = 1,
 ) -> dict[str, Any]:
     """One backlog served for `windows` windows. `queue`: a denied message goes back to one
     queue and comes back to whichever container polls first once its delay ends (`serve`, as
@@ -169,7 +174,9 @@ def _pass(
         w.calls.take()
         started = time.monotonic()
         deadline = started + windows * window + 1.0
-        imports, retries = _drain(importers, backlog, deadline, counted_wait, queue=queue)
+        imports, retries = _drain(
+            importers, backlog, deadline, counted_wait, queue=queue, batch=batch
+        )
         calls, failed, _ = w.calls.take()
         counters, org = w.counters(window_seconds=window), w.org
     first = min(starts)
@@ -225,7 +232,7 @@ def run_real(options: Options) -> Report:
     report = Report("rate_limit_60s", title)
     sqs = POLICIES["SQS whole-second waits"]
     for containers in CONTENDERS:
-        got = _pass(scale, containers, windows, sqs, queue=True)
+        got = _pass(scale, containers, windows, sqs, queue=True, batch=topology.BATCH_SIZE)
         report.details[f"{containers} containers"] = got
         _contention_figures(report, scale, containers, got)
     if scale != REAL:

@@ -332,14 +332,20 @@ class Queue:
             message = _Message(now + delay, next(self._seq), request, held)
             heapq.heappush(self._heap, message)
 
-    def receive(self, deadline: float, stop: threading.Event) -> _Message | None:
+    def receive(self, deadline: float, stop: threading.Event, most: int = 1) -> list[_Message]:
+        """Up to `most` visible messages (a Lambda poller's batch; in a backlog, a full one)."""
         while time.monotonic() < deadline and not stop.is_set():
             with self._lock:
-                if self._heap and self._heap[0].visible_at <= time.monotonic():
-                    return heapq.heappop(self._heap)
+                got: list[_Message] = []
+                while self._heap and len(got) < most:
+                    if self._heap[0].visible_at > time.monotonic():
+                        break
+                    got.append(heapq.heappop(self._heap))
+                if got:
+                    return got
                 wait = self._heap[0].visible_at - time.monotonic() if self._heap else 0.05
             time.sleep(min(max(wait, 0.001), 0.05))
-        return None
+        return []
 
 
 @dataclass
@@ -358,35 +364,45 @@ def serve(
     stop_when: tuple[str, str] | None = None,
     *,
     wait: Callable[[ImportOutcome], float] = sqs_wait,
+    batch: int = 1,
 ) -> Served:
     """Containers polling one queue until `deadline`, or until `stop_when` (organization, CRM
     id) is imported. A `retry_later` goes back to the queue, visible again after
     `wait(outcome)`, to whichever container receives it first (as SQS hands a delayed message
-    to any poller): unlike `run_workers`, a container does not wait for its own message."""
+    to any poller): unlike `run_workers`, a container does not wait for its own message.
+    `batch`: messages a container receives at once and imports one after the other, as the
+    SQS handler does with a Lambda batch."""
     served, lock = Served(), threading.Lock()
     stop = threading.Event()
 
     def work(importer: Importer) -> None:
-        while (message := queue.receive(deadline, stop)) is not None:
-            request = message.request
-            current.org = request.organization_id
-            outcome = importer.run(request, reservation=message.held)
-            with lock:
-                if outcome.result == "retry_later" and not outcome.parked:
-                    served.retries += 1
-                    queue.send(request, wait(outcome), outcome.reservation)
-                    continue
-                if outcome.parked:
-                    served.parked += 1  # the re-drive job owns it now
-                    continue
-                if outcome.result != "imported":
-                    served.other += 1
-                    continue
-                served.done[request.organization_id] += 1
-                key = (request.organization_id, request.crm_id)
-                served.finished_at[key] = time.monotonic()
-                if key == stop_when:
-                    stop.set()
+        while messages := queue.receive(deadline, stop, batch):
+            # As the SQS handler does (`crm_to_books.batch.turns_first`)
+            for message in sorted(messages, key=lambda m: m.held.start_at if m.held else math.inf):
+                if stop.is_set() or time.monotonic() >= deadline:
+                    return
+                handle(importer, message)
+
+    def handle(importer: Importer, message: _Message) -> None:
+        request = message.request
+        current.org = request.organization_id
+        outcome = importer.run(request, reservation=message.held)
+        with lock:
+            if outcome.result == "retry_later" and not outcome.parked:
+                served.retries += 1
+                queue.send(request, wait(outcome), outcome.reservation)
+                return
+            if outcome.parked:
+                served.parked += 1  # the re-drive job owns it now
+                return
+            if outcome.result != "imported":
+                served.other += 1
+                return
+            served.done[request.organization_id] += 1
+            key = (request.organization_id, request.crm_id)
+            served.finished_at[key] = time.monotonic()
+            if key == stop_when:
+                stop.set()
 
     with ThreadPoolExecutor(len(importers), thread_name_prefix="container") as pool:
         for future in [pool.submit(work, i) for i in importers]:
