@@ -558,6 +558,7 @@ def test_at_its_limit_a_release_keeps_the_slot_for_the_next_queued_import_at_no_
     first, second, third = (
         request("account", i, source="sqs") for i in sandbox.crm_ids["account"][:3]
     )
+    fourth = request("contact", sandbox.crm_ids["contact"][0], source="sqs")
 
     flying = other.limiter.acquire(ORG, org)  # one call in flight elsewhere
     assert isinstance(flying, Permit)
@@ -565,6 +566,8 @@ def test_at_its_limit_a_release_keeps_the_slot_for_the_next_queued_import_at_no_
     now[0] += 0.1
     waits = here.run(second)  # nothing to spare: a queued import waits, with a turn
     assert waits.result == "retry_later" and isinstance(waits.reservation, Reservation)
+    told = here.run(fourth)  # and one more, with no slot left to hold: told when, no turn
+    assert told.result == "retry_later" and told.reservation is None
     now[0] += 1.4
     other.limiter.release(flying)
 

@@ -134,7 +134,8 @@ def test_a_reservation_its_caller_never_used_lapses_and_the_slot_serves_others(
 def test_a_reservation_is_carried_as_text_and_a_made_up_one_is_refused() -> None:
     held = Reservation(ORG, 7, 12_345_678, T0 + 61.25)
     assert Reservation.decode(ORG, held.encode()) == held
-    for forged in ("", "r1:7:x:1", "r2:7:1:1", "r1:-1:5:5", "r1:7:1", "r1:7:1:0", None):
+    huge = "r1:7:1:" + "9" * 400  # start / 100 would raise OverflowError
+    for forged in ("", "r1:7:x:1", "r2:7:1:1", "r1:-1:5:5", "r1:7:1", "r1:7:1:0", huge, None):
         assert Reservation.decode(ORG, forged) is None
 
 
@@ -198,7 +199,7 @@ def test_a_call_released_at_the_limit_keeps_its_slot_for_the_next_queued_import(
     # No queued import has had to wait here: a call frees its slot as any call does
     moment[0] += 0.5
     container.release(first)
-    assert container.claim(ORG) is None
+    assert container.claim(ORG, limits) is None
     assert isinstance(container.acquire(ORG, limits), Permit)  # the window's last slot
     # A queued import now waits here (no slot to spare): it is told when to come back
     told = container.acquire(ORG, limits, reserve=True)
@@ -210,10 +211,10 @@ def test_a_call_released_at_the_limit_keeps_its_slot_for_the_next_queued_import(
     calls.clear()
     container.release(second)
     assert calls == ["UpdateItem"]
-    turn = container.claim(ORG)
+    turn = container.claim(ORG, limits)
     assert isinstance(turn, Reservation) and turn.slot == second.slot
     assert abs(turn.start_at - (moment[0] + 60.0 + SKEW_SECONDS)) < 0.011
-    assert container.claim(ORG) is None  # one turn, for one import
+    assert container.claim(ORG, limits) is None  # one turn, for one import
 
     # Nobody else takes the slot when it frees; the import given the turn takes it then
     at_turn = turn.start_at + 0.01
@@ -236,4 +237,4 @@ def test_a_kept_turn_nobody_claimed_in_time_is_not_given_out(aws_world: dict[str
     container.release(first)
     # Its slot holds the turn until the turn's lease ends: too late to hand out near that end
     moment[0] += 60.0 + lease - 1.0
-    assert container.claim(ORG) is None
+    assert container.claim(ORG, limits) is None

@@ -758,7 +758,7 @@ class Attempt:
             got = reservation  # back before its turn: wait for it, nothing asked
         elif not self.limiter.crowded(request.organization_id, org):
             return None
-        elif (kept := self.limiter.claim(request.organization_id)) is not None:
+        elif (kept := self.limiter.claim(request.organization_id, org)) is not None:
             got = kept
         else:
             got = self._once_more(

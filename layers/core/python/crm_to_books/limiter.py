@@ -30,10 +30,10 @@ so a freed slot is used when it frees. A view showing every slot busy proves a d
 read: busy rate slots only ever become busy for less, never free, until their time.
 
 A queued caller (one that can carry a `Reservation`) at the limit is given a *turn* instead: a
-slot held for it from when it frees. Once queued callers have had to wait in a container, that
-container's releases at the limit keep their slots as turns for the next queued callers it sees
-(`claim`), in the write the release makes anyway: no other container knows the slot is done, so
-nobody races for it, and the turn costs no call.
+slot held for it from when it frees. For each queued caller a container told to come back with
+no turn, its next release at the limit keeps its slot as a turn for the next queued caller it
+sees (`claim`), in the write the release makes anyway: no other container knows the slot is
+done, so nobody races for it, and the turn costs no call.
 
 Guarantees (each atomic in DynamoDB's condition): at most `requests_per_minute` calls in any
 `window` span that Zoho measures, by arrival, whatever the containers' clocks disagree by up to
@@ -75,8 +75,8 @@ AHEAD_SECONDS = 1.0  # a permit may start this far ahead: queue delays come in w
 # keeps them much closer), and 20 ms for rounding. It costs 0.2% of a 60 s window.
 SKEW_SECONDS = 0.12
 HOLD_GUESS_SECONDS = 1.0  # a call's permit-to-release time before this container saw one
-# A release holds its slot for the next queued import this container sees (`claim`) if one had
-# to wait here this recently; such a turn is given out while its slot holds it, less a margin.
+# A release holds its slot for the next queued import this container sees (`claim`) for a queued
+# caller told to wait here this recently; such a turn is given while its slot holds it, less this.
 BACKLOG_SECONDS = 30.0
 POCKET_MARGIN_SECONDS = 5.0
 
@@ -137,6 +137,7 @@ class Denied:
 
 
 RESERVATION_FORMAT = "r1"
+MAX_TURN_STAMP = 10**12  # centiseconds since the epoch: the year 2286
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +168,8 @@ class Reservation:
             slot, held, start = (int(p) for p in parts[1:])
         except ValueError:
             return None
-        if not (0 <= slot < 100_000 and 0 <= held < STAMP_MODULUS and start > 0):
-            return None
+        if not (0 <= slot < 100_000 and 0 <= held < STAMP_MODULUS and 0 < start < MAX_TURN_STAMP):
+            return None  # a turn after year 2286 is made up (and too large a number raises)
         return cls(organization_id, slot, held, start / 100)
 
 
@@ -194,7 +195,7 @@ class RateLimiter:
         # Per organization: its limits as last asked with, when a queued caller here last had
         # to wait for a slot (a backlog), and the turns held for the next ones (`claim`).
         self._orgs: dict[str, Organization] = {}
-        self._backlog: dict[str, float] = {}
+        self._backlog: dict[str, tuple[int, float]] = {}  # queued callers owed a turn, since
         self._pocket: dict[str, list[Reservation]] = {}
         self._turning: dict[Permit, Reservation | None] = {}  # a release's turn, until written
         self._hold = HOLD_GUESS_SECONDS  # how long a call holds its seat, as seen here
@@ -230,9 +231,18 @@ class RateLimiter:
         `reservation`: the one the caller carries, taken first if it is still its own."""
         self._orgs[organization_id] = org
         got = self._acquire(organization_id, org, reserve, reservation)
-        if reserve and (isinstance(got, Reservation) or getattr(got, "reason", "") == "per_minute"):
-            self._backlog[organization_id] = self._clock()  # a queued caller waits here
+        if reserve and isinstance(got, Denied) and got.reason == "per_minute":
+            # A queued caller told to come back with no turn: the next release here at the
+            # limit keeps its slot for one such caller (`claim`).
+            owed, _ = self._owed(organization_id)
+            self._backlog[organization_id] = (owed + 1, self._clock())
         return got
+
+    def _owed(self, organization_id: str) -> tuple[int, float]:
+        """Queued callers told to wait here with no turn, not yet kept one for, and when the
+        last was told: none once `BACKLOG_SECONDS` have passed since."""
+        owed, since = self._backlog.get(organization_id, (0, -math.inf))
+        return (owed, since) if since >= self._clock() - BACKLOG_SECONDS else (0, since)
 
     def _acquire(
         self,
@@ -473,32 +483,38 @@ class RateLimiter:
         )
         return dynamo.load(answer.get("Attributes")) or {}
 
-    def claim(self, organization_id: str) -> Reservation | None:
+    def claim(self, organization_id: str, org: Organization) -> Reservation | None:
         """A turn this container's own release held for the next queued import it would see
-        waiting at the organization (`release_update`), soonest first, if one is still good: a
-        turn given out this way costs no write, and no other container races for its slot."""
+        waiting at the organization (`release_update`), soonest first, if one is still good
+        and no rate slot is free now (as this container saw it): a turn given out this way
+        costs no write, and no other container races for its slot."""
         now = self._clock()
         pocket = self._pocket.get(organization_id) or []
-        while pocket:
-            turn = pocket.pop(0)
-            if now < turn.start_at + self._lease - POCKET_MARGIN_SECONDS:
-                self._backlog[organization_id] = now
-                return turn
-        return None
+        while pocket and now >= pocket[0].start_at + self._lease - POCKET_MARGIN_SECONDS:
+            pocket.pop(0)  # its slot no longer holds it (or soon will not): anyone's
+        known = self._known.get(organization_id)
+        if not pocket or known is None:
+            return None
+        stamps = _View.stamps(known[0], now)
+        if any(stamps.get(k, 0.0) <= now for k in range(org.requests_per_minute)):
+            return None  # a slot is free: the caller takes it (`acquire`), not a later turn
+        return pocket.pop(0)
 
     def release_update(self, permit: Permit) -> dict[str, Any]:
         """The release as a TransactWriteItems `Update`, to ride along the ledger write."""
         now = self._clock()
         self._releasing[permit] = now
-        free = now + self._window + SKEW_SECONDS
+        free = math.ceil(round((now + self._window + SKEW_SECONDS) * 100, 6)) / 100
         org = self._orgs.get(permit.organization_id)
-        waiting = self._backlog.get(permit.organization_id, -math.inf) >= now - BACKLOG_SECONDS
+        owed, since = self._owed(permit.organization_id)
         turn = None
-        if org is not None and waiting and self._at_limit(permit, org, now):
-            # Queued imports wait here, and no slot is to spare: the slot is held for the next
-            # one this container sees, from when it frees, instead of freed for all to race.
+        if org is not None and owed > 0 and self._at_limit(permit, org, now):
+            # Queued imports told to wait here with no turn, and no slot to spare: the slot is
+            # held for the next one this container sees, from when it frees, instead of freed
+            # for all to race (one such turn for each caller told to wait).
             held = stamp(free + self._lease + self._window + SKEW_SECONDS)
             turn = Reservation(permit.organization_id, permit.slot, held, free)
+            self._backlog[permit.organization_id] = (owed - 1, since)
         self._turning[permit] = turn
         return {
             "Update": {
@@ -513,8 +529,8 @@ class RateLimiter:
         }
 
     def _at_limit(self, permit: Permit, org: Organization, now: float) -> bool:
-        """Fewer than `few_free` rate slots free besides this permit's, in a view younger than
-        a window: such a view proves it. A slot busy in it counts still (a call in flight then
+        """No rate slot free besides this permit's, in a view younger than a window: such a
+        view proves it. A slot busy in it counts still (a call in flight then
         ends later, so counts until at least a window after the view; a done or held slot's
         time is exact), and slots taken by others since count too."""
         known = self._known.get(permit.organization_id)
@@ -523,8 +539,7 @@ class RateLimiter:
         item, _ = known
         rpm = org.requests_per_minute
         stamps = _View.stamps(item, now)
-        free = sum(1 for k in range(rpm) if k != permit.slot and stamps.get(k, 0.0) <= now)
-        return free < few_free(org)
+        return all(stamps.get(k, 0.0) > now for k in range(rpm) if k != permit.slot)
 
     def released(self, permit: Permit) -> None:
         """The release was written (with the ledger's transaction): bring this container's
