@@ -492,12 +492,8 @@ class RateLimiter:
         pocket = self._pocket.get(organization_id) or []
         while pocket and now >= pocket[0].start_at + self._lease - POCKET_MARGIN_SECONDS:
             pocket.pop(0)  # its slot no longer holds it (or soon will not): anyone's
-        known = self._known.get(organization_id)
-        if not pocket or known is None:
-            return None
-        stamps = _View.stamps(known[0], now)
-        if any(stamps.get(k, 0.0) <= now for k in range(org.requests_per_minute)):
-            return None  # a slot is free: the caller takes it (`acquire`), not a later turn
+        if not pocket or not self._at_limit(organization_id, org, now):
+            return None  # a slot may be free: the caller takes it (`acquire`), not a later turn
         return pocket.pop(0)
 
     def release_update(self, permit: Permit) -> dict[str, Any]:
@@ -508,7 +504,11 @@ class RateLimiter:
         org = self._orgs.get(permit.organization_id)
         owed, since = self._owed(permit.organization_id)
         turn = None
-        if org is not None and owed > 0 and self._at_limit(permit, org, now):
+        if (
+            org is not None
+            and owed > 0
+            and self._at_limit(permit.organization_id, org, now, permit.slot)
+        ):
             # Queued imports told to wait here with no turn, and no slot to spare: the slot is
             # held for the next one this container sees, from when it frees, instead of freed
             # for all to race (one such turn for each caller told to wait).
@@ -528,18 +528,19 @@ class RateLimiter:
             }
         }
 
-    def _at_limit(self, permit: Permit, org: Organization, now: float) -> bool:
-        """No rate slot free besides this permit's, in a view younger than a window: such a
-        view proves it. A slot busy in it counts still (a call in flight then
-        ends later, so counts until at least a window after the view; a done or held slot's
+    def _at_limit(
+        self, organization_id: str, org: Organization, now: float, besides: int | None = None
+    ) -> bool:
+        """No rate slot free (but `besides`) in this container's view, if younger than a
+        window: such a view proves it. A slot busy in it counts still (a call in flight then
+        ends later, so it counts until at least a window after the view; a done or held slot's
         time is exact), and slots taken by others since count too."""
-        known = self._known.get(permit.organization_id)
+        known = self._known.get(organization_id)
         if known is None or now - known[1] >= self._window:
             return False
-        item, _ = known
+        stamps = _View.stamps(known[0], now)
         rpm = org.requests_per_minute
-        stamps = _View.stamps(item, now)
-        return all(stamps.get(k, 0.0) > now for k in range(rpm) if k != permit.slot)
+        return all(stamps.get(k, 0.0) > now for k in range(rpm) if k != besides)
 
     def released(self, permit: Permit) -> None:
         """The release was written (with the ledger's transaction): bring this container's
@@ -572,7 +573,12 @@ class RateLimiter:
     def release(self, permit: Permit) -> None:
         update = self.release_update(permit)["Update"]
         update.pop("TableName")
-        self.client.update_item(TableName=self._table, **update)
+        try:
+            self.client.update_item(TableName=self._table, **update)
+        except Exception:
+            self._releasing.pop(permit, None)  # not written: no view to update, no turn kept
+            self._turning.pop(permit, None)
+            raise
         self.released(permit)
 
     def block(self, organization_id: str, until: float, reason: str) -> None:
