@@ -4,7 +4,9 @@ the real engine, moto and the Zoho sandbox (fixtures in tests/functional/conftes
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,10 +17,11 @@ from crm_to_books import aws, topology
 from crm_to_books.models import Status
 from crm_to_books.pipeline import Importer
 from crm_to_books.settings import Settings, get_settings
+from crm_to_books.zoho import ZohoClient
 from crm_to_books_cli.sandbox import ZohoSandbox
 from functions.importer import handler as importer_fn
 from functions.status_api import handler as status_fn
-from tests.functional.conftest import NAMES, ORG
+from tests.functional.conftest import ACCOUNTS_ONLY_ORG, NAMES, ORG
 from tests.support.lambda_events import (
     LambdaContext,
     api_event,
@@ -201,8 +204,8 @@ def test_a_mixed_batch_imports_delays_and_drops_exactly_the_right_records(
     records = received_records(sqs, queue)
     by_name = {r["messageAttributes"]["test_name"]["stringValue"]: r for r in records}
     assert set(by_name) == set(bodies)
-    # Zoho fails the first import sent: the batch starts with the retryable record.
-    sandbox.set_faults(fail_5xx_next=1)
+    # Zoho fails the retryable record's import (the batch's records are imported at once).
+    sandbox.set_faults(fail_5xx_next=1, crm_id="7001")
     ordered = [by_name[name] for name in bodies]
 
     answer = importer_fn.handler(sqs_event(*ordered), CONTEXT, importer=importer)
@@ -232,6 +235,50 @@ def test_a_mixed_batch_imports_delays_and_drops_exactly_the_right_records(
         ("account", "7003"),
         ("item", "7004"),
     }
+
+
+def test_a_batchs_organizations_import_at_once_sharing_one_token(
+    importer: Importer, sandbox: ZohoSandbox, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each import holds Zoho for 0.3 s; the calls in flight at once are counted as they go.
+    sandbox.set_faults(latency_seconds=0.3)
+    in_flight: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+    lock = threading.Lock()
+    send = ZohoClient.import_record
+
+    def counted(self: ZohoClient, *args: Any, **kwargs: Any) -> Any:
+        org = kwargs.get("organization_id") or args[2]
+        with lock:
+            in_flight[org] += 1
+            most[org] = max(most[org], in_flight[org])
+            most["any"] = max(most["any"], in_flight.total() - in_flight["any"])
+        try:
+            return send(self, *args, **kwargs)
+        finally:
+            with lock:
+                in_flight[org] -= 1
+
+    monkeypatch.setattr(ZohoClient, "import_record", counted)
+    sqs = boto3.client("sqs")
+    wanted = [(org, f"{7100 + n}") for n in range(5) for org in (ORG, ACCOUNTS_ONLY_ORG)]
+    for org, crm_id in wanted:
+        body = json.dumps({"organization_id": org, "crm_id": crm_id})
+        sqs.send_message(QueueUrl=queue, MessageBody=body)
+    records = received_records(sqs, queue)
+    assert len(records) == len(wanted)
+
+    answer = importer_fn.handler(sqs_event(*records), CONTEXT, importer=importer)
+
+    assert answer == {"batchItemFailures": []}
+    # The two organizations' imports ran at once; each organization's took turns.
+    assert most == {ORG: 1, ACCOUNTS_ONLY_ORG: 1, "any": 2}
+    # The lanes shared one token: one refreshed it, the other waited and took it.
+    assert sandbox.counters()["token_requests"]["total"] == 1
+    for org, crm_id in wanted:
+        record = importer.ledger.get(org, "account", crm_id)
+        assert record and record.status is Status.SUCCEEDED, (org, crm_id)
+        assert sandbox.counters()["imports"][org]["account"][crm_id] == 1
 
 
 def test_an_import_requested_event_on_the_bus_reaches_the_kinds_queue_and_imports(

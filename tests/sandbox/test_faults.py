@@ -136,6 +136,16 @@ def test_kind_scopes_faults_to_one_kind(sandbox, client):
     assert client.get("/books/v3/items", zcrm_product_id=item).status_code == 500
 
 
+def test_crm_id_scopes_faults_to_the_imports_of_one_record(sandbox, client):
+    first, second = client.new_id(), client.new_id()
+    sandbox.set_faults(fail_5xx_next=1, crm_id=second)
+
+    assert client.import_("account", first).status_code == 200
+    assert client.lookup("account", second) == []  # a look-up of it is left alone
+    assert client.import_("account", second).status_code == 500
+    assert client.import_("account", second).status_code == 200  # the one fault was spent
+
+
 def test_faults_do_not_touch_the_token_endpoint_except_token_fail(sandbox, client):
     sandbox.set_faults(fail_5xx_rate=1.0, token_fail_next=1)
 

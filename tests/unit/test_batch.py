@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import json
+import threading
 from typing import Any
 
 import pytest
 
 from crm_to_books import batch
 from crm_to_books.limiter import Reservation
-from crm_to_books.models import ImportError_, Status
-from tests.support.fake_importer import ENDPOINT, ORG, FakeImporter, FakeSqs
+from crm_to_books.models import ImportError_, ImportRequest, Status
+from crm_to_books.observability import logger
+from crm_to_books.settings import Organization
+from tests.support.fake_importer import ENDPOINT, ORG, FakeImporter, FakeSqs, make_settings
 from tests.support.lambda_events import LambdaContext, eventbridge_body, sqs_event, sqs_record
 
 ACCOUNT_QUEUE = f"{ENDPOINT}/123456789012/crm-to-books-account-imports"
@@ -304,3 +309,97 @@ def test_the_records_with_a_turn_go_first_soonest_first(importer: FakeImporter) 
     ran = [c[1][0].crm_id for c in importer.calls if c[0] == "run"]
     assert ran == ["4", "2", "1", "3"]  # then the others, as they came
     assert importer.reservations == [sooner, later, None, None]
+
+
+ORGS = [str(700100201 + n) for n in range(5)]
+
+
+class _MeetingImporter(FakeImporter):
+    """Each import of `meet` waits until `n` of them are in flight at once (or fails after
+    10 s); the others run through."""
+
+    def __init__(self, n: int, meet: set[str] | None = None) -> None:
+        super().__init__(make_settings(organizations={o: Organization() for o in [ORG, *ORGS]}))
+        self.meeting = threading.Barrier(n, timeout=10)
+        self.meet = meet
+        self.in_flight: dict[str, int] = {}
+        self.most_at_once: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def run(self, request: ImportRequest, **kwargs: Any) -> Any:  # type: ignore[override]
+        org = request.organization_id
+        with self._lock:
+            self.in_flight[org] = self.in_flight.get(org, 0) + 1
+            self.most_at_once[org] = max(self.most_at_once.get(org, 0), self.in_flight[org])
+        try:
+            if self.meet is None or request.crm_id in self.meet:
+                self.meeting.wait()
+            return super().run(request, **kwargs)
+        finally:
+            with self._lock:
+                self.in_flight[org] -= 1
+
+
+def test_a_batchs_organizations_are_imported_at_once_each_record_logging_as_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(logger.registered_handler, "stream", out)
+    # Each import waits for the three other organizations' to be in flight: one organization
+    # after the other, the first would wait alone and fail.
+    importer = _MeetingImporter(4)
+    records = [
+        sqs_record({"organization_id": ORGS[n], "crm_id": str(n)}, message_id=f"message-{n}")
+        for n in range(4)
+    ]
+
+    response = run(importer, *records)
+
+    assert failures(response) == []
+    assert sorted(importer.ledger.records) == [(ORGS[n], "account", str(n)) for n in range(4)]
+    done = [json.loads(line) for line in out.getvalue().splitlines() if "import done" in line]
+    assert sorted((d["crm_id"], d["correlation_id"]) for d in done) == [
+        (str(n), f"message-{n}") for n in range(4)
+    ]
+
+
+def test_one_organizations_records_take_turns_while_others_run_at_once() -> None:
+    # Three records of one organization and one of another: the other's import meets the
+    # first organization's imports in flight, but never two of the first at once.
+    importer = _MeetingImporter(2, meet={"1", "9"})
+    records = [
+        sqs_record({"organization_id": ORG, "crm_id": str(n)}, message_id=f"m{n}")
+        for n in (1, 2, 3)
+    ]
+    records.append(sqs_record({"organization_id": ORGS[0], "crm_id": "9"}, message_id="m9"))
+
+    response = run(importer, *records)
+
+    assert failures(response) == []
+    assert importer.most_at_once == {ORG: 1, ORGS[0]: 1}
+    ran = [
+        c[1][0].crm_id for c in importer.calls if c[0] == "run" and c[1][0].organization_id == ORG
+    ]
+    assert ran == ["1", "2", "3"]  # in the batch's order
+
+
+def test_records_failing_at_once_are_reported_in_the_batchs_order() -> None:
+    importer = _MeetingImporter(5)
+    for crm_id in ("5", "2", "4"):
+        importer.script(crm_id, result="retry_later", retry_after=30)
+    records = [
+        sqs_record({"organization_id": ORGS[n - 1], "crm_id": str(n)}, message_id=f"m{n}")
+        for n in range(1, 6)
+    ]
+
+    response = run(importer, *records)
+
+    assert failures(response) == ["m2", "m4", "m5"]
+
+
+def test_after_a_batch_the_handlers_thread_logs_under_no_records_correlation_id(
+    importer: FakeImporter,
+) -> None:
+    run(importer, sqs_record({"organization_id": ORG, "crm_id": "1"}, message_id="m1"))
+
+    assert "correlation_id" not in logger.thread_safe_get_current_keys()

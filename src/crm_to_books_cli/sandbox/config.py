@@ -112,6 +112,7 @@ class Faults(_Model):
     seed: int = 0
     scope: Literal["books", "imports"] = "books"  # which Books requests the faults hit
     kind: Kind | None = None  # only requests for this kind (imports, or look-ups by its CRM id)
+    crm_id: str | None = None  # only imports of this CRM id (a batch's records run at once)
     latency_seconds: float = Field(0.0, ge=0)
     latency_jitter_seconds: float = Field(0.0, ge=0)
     fail_5xx_next: int = Field(0, ge=0)

@@ -46,9 +46,11 @@ class FaultInjector:
     def release_all(self) -> None:
         self._wake.set()
 
-    def applies(self, action: str, kind: str | None) -> bool:
+    def applies(self, action: str, kind: str | None, crm_id: str = "") -> bool:
         faults = self._faults
         if faults.scope == "imports" and action != "import":
+            return False
+        if faults.crm_id is not None and (action != "import" or faults.crm_id != crm_id):
             return False
         return faults.kind is None or faults.kind == kind
 

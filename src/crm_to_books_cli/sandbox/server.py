@@ -252,7 +252,7 @@ class ZohoSandbox:
         if isinstance(routed, Reply):
             handler.send(routed)
             return
-        faulty = self._faults.applies(routed.action, routed.kind)
+        faulty = self._faults.applies(routed.action, routed.kind, routed.crm_id)
         if faulty and self._faults.take("reset_before"):
             self._faults.record("resets")
             handler.abort()

@@ -51,13 +51,15 @@ stamps could have wrapped) and is written anew.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Concatenate
 
 from botocore.exceptions import ClientError
 
@@ -79,6 +81,20 @@ HOLD_GUESS_SECONDS = 1.0  # a call's permit-to-release time before this containe
 # caller told to wait here this recently; such a turn is given while its slot holds it, less this.
 BACKLOG_SECONDS = 30.0
 POCKET_MARGIN_SECONDS = 5.0
+
+
+def _locked[**P, R](
+    method: Callable[Concatenate[RateLimiter, P], R],
+) -> Callable[Concatenate[RateLimiter, P], R]:
+    """One thread at a time in this container's limiter: a batch's records are imported at
+    once in threads sharing it, and its view and turns are read and changed as one."""
+
+    @functools.wraps(method)
+    def locked(self: RateLimiter, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def stamp(t: float) -> int:
@@ -210,6 +226,7 @@ class RateLimiter:
         # Per organization, when `crowded` read the item: the next acquire counts that read as
         # its own if it comes within `AHEAD_SECONDS` and the view was not replaced since.
         self._looked: dict[str, float] = {}
+        self._lock = threading.RLock()  # `_locked`
 
     client = LazyClient("dynamodb")
 
@@ -217,6 +234,7 @@ class RateLimiter:
     def key(organization_id: str) -> dict[str, Any]:
         return {"pk": {"S": f"limiter#{organization_id}"}}
 
+    @_locked
     def acquire(
         self,
         organization_id: str,
@@ -320,6 +338,7 @@ class RateLimiter:
         self._mine[organization_id] = (aim, self._mine.get(organization_id, (None, None))[1])
         return denied
 
+    @_locked
     def crowded(self, organization_id: str, org: Organization) -> bool:
         """Whether the organization is at or near its per-minute limit (fewer rate slots free
         than `few_free`) or has every seat taken (as many calls in flight as may run at once),
@@ -483,6 +502,7 @@ class RateLimiter:
         )
         return dynamo.load(answer.get("Attributes")) or {}
 
+    @_locked
     def claim(self, organization_id: str, org: Organization) -> Reservation | None:
         """A turn this container's own release held for the next queued import it would see
         waiting at the organization (`release_update`), soonest first, if one is still good
@@ -496,6 +516,7 @@ class RateLimiter:
             return None  # a slot may be free: the caller takes it (`acquire`), not a later turn
         return pocket.pop(0)
 
+    @_locked
     def release_update(self, permit: Permit) -> dict[str, Any]:
         """The release as a TransactWriteItems `Update`, to ride along the ledger write."""
         now = self._clock()
@@ -542,6 +563,7 @@ class RateLimiter:
         rpm = org.requests_per_minute
         return all(stamps.get(k, 0.0) > now for k in range(rpm) if k != besides)
 
+    @_locked
     def released(self, permit: Permit) -> None:
         """The release was written (with the ledger's transaction): bring this container's
         view in step, so that its next acquire knows its own slot and seat are free (or its
@@ -570,6 +592,7 @@ class RateLimiter:
             updated[RELEASED_HERE] = {*item.get(RELEASED_HERE, ()), permit.slot}
         self._known[permit.organization_id] = (updated, seen)
 
+    @_locked
     def release(self, permit: Permit) -> None:
         update = self.release_update(permit)["Update"]
         update.pop("TableName")
@@ -581,6 +604,7 @@ class RateLimiter:
             raise
         self.released(permit)
 
+    @_locked
     def block(self, organization_id: str, until: float, reason: str) -> None:
         """Zoho said stop (429): nobody calls for this organization until `until` (by any
         container's clock)."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools import Tracer
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
 TRACE_ENV = "_X_AMZN_TRACE_ID"  # set by Lambda for each invocation
 TRACED_LIBRARIES = ("botocore", "requests")  # AWS and Zoho calls become subsegments
 
@@ -74,6 +75,24 @@ class SampledTracer:
             return traced  # type: ignore[return-value]
 
         return decorate
+
+    def in_threads[T, R](self, work: Callable[[T], R]) -> Callable[[T], R]:
+        """`work`, to run in worker threads, recording its subsegments under the calling
+        thread's segment: X-Ray keeps the current segment per thread, and a worker has none."""
+        if self._active() is None:
+            return work
+        from aws_xray_sdk.core import xray_recorder
+
+        entity = xray_recorder.get_trace_entity()
+
+        def traced(arg: T) -> R:
+            xray_recorder.set_trace_entity(entity)
+            try:
+                return work(arg)
+            finally:
+                xray_recorder.clear_trace_entities()
+
+        return traced
 
     def put_annotation(self, key: str, value: str | bool) -> None:
         tracer = self._active()

@@ -24,6 +24,7 @@ What a refusal means:
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -124,6 +125,11 @@ class TokenProvider:
         self._seen: dict[str, ConnectionState] = {}  # as of this process's last read
         self._secret_checked: dict[str, float] = {}
         self.refreshes = 0  # this process's token requests, for tests and benchmarks
+        # A batch's organizations are imported at once in threads sharing this provider: one
+        # thread at a time finds or refreshes a token, and the others then take it from memory,
+        # instead of each reading the shared item, losing the refresh lease to the first and
+        # polling until its token appears.
+        self._lock = threading.RLock()
 
     client = LazyClient("dynamodb")
 
@@ -131,6 +137,13 @@ class TokenProvider:
     def get(self, connection: str) -> AccessToken:
         """A usable access token. Raises ConnectionBroken or TokenUnavailable."""
         token = self._memory.get(connection)
+        if token and token.valid_for(self._clock()) > MIN_USABLE_SECONDS:
+            return token
+        with self._lock:
+            return self._get(connection)
+
+    def _get(self, connection: str) -> AccessToken:
+        token = self._memory.get(connection)  # another thread may have found one meanwhile
         if token and token.valid_for(self._clock()) > MIN_USABLE_SECONDS:
             return token
         deadline = self._clock() + self._settings.token_wait_seconds
@@ -162,7 +175,14 @@ class TokenProvider:
         means a missing scope: a token refreshed for a 401 within `FRESH_TOKEN_SECONDS` was
         refused again. At most one token request per connection per that time is spent on
         401s, whatever their cause (a token Zoho evicted young, a scope no token will carry)."""
+        with self._lock:
+            return self._after_401(connection, token)
+
+    def _after_401(self, connection: str, token: AccessToken) -> AccessToken | None:
         now = self._clock()
+        held = self._memory.get(connection)
+        if held and held.value != token.value and held.valid_for(now) > MIN_USABLE_SECONDS:
+            return held  # another thread replaced it meanwhile: no new request
         self._memory.pop(connection, None)
         item = self._read(connection)
         self._raise_if_unusable(connection, item, now)  # a broken connection is no scope's fault
