@@ -10,6 +10,7 @@ from typing import Any
 # Zoho Books' answer time to an import, assumed (Zoho publishes none): the rate-limit benchmark
 # compresses it with the window, the cost model bills Lambda for waiting on it.
 ZOHO_LATENCY_SECONDS = 0.6
+AWS_ROUND_TRIP_SECONDS = 0.008  # assumed: one DynamoDB or EventBridge call, in region
 
 
 @dataclass(frozen=True, slots=True)

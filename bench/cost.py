@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import aws_calls, throughput
-from bench.core import ZOHO_LATENCY_SECONDS, Options, Report
+from bench.core import AWS_ROUND_TRIP_SECONDS, ZOHO_LATENCY_SECONDS, Options, Report
 from crm_to_books import topology
 from crm_to_books.limiter import rate_slot, seat, stamp
 
@@ -52,7 +52,6 @@ MEMORY_CHOICES = (128, 256, 512)
 # The measured peak may fill at most this share of the function's memory: it is an SQS
 # container's, measured on x86; a first HTTP request and a sampled trace import more.
 MEMORY_HEADROOM = 0.6
-AWS_ROUND_TRIP_SECONDS = 0.008  # assumed: one DynamoDB or EventBridge call, in region
 # Active tracing samples with X-Ray's default rule: the first request each second, then 5%.
 XRAY_RESERVOIR_PER_SECOND = 1.0
 XRAY_FIXED_RATE = 0.05
@@ -129,6 +128,9 @@ class Load:
     denials: float  # per import: each one a message back in the queue
     imports_per_second: float
     measured: bool  # False: the single-container figures stand in
+    # Lambda's seconds per import on the SQS path as the contention run measured them (a
+    # batch's invocation lasts until its last record), on this machine's CPU; None: modelled.
+    function_seconds: float | None = None
 
 
 def load_of(earlier: dict[str, Report], single: dict[str, float]) -> Load:
@@ -139,23 +141,33 @@ def load_of(earlier: dict[str, Report], single: dict[str, float]) -> Load:
     n = got["imports"]
     calls = {op: count / n for op, count in got["aws_calls_by_operation"].items()}
     per_second = got["use"] * 100 / 60 if got.get("use") else 100 / 60
-    return Load(calls, got["denials_per_import"], per_second, measured=True)
+    busy = got.get("function_seconds_per_import_at_aws_round_trips")
+    return Load(calls, got["denials_per_import"], per_second, measured=True, function_seconds=busy)
 
 
 def memory_options(
-    footprint: dict[str, float], calls_per_import: float, fallback_cpu_ms: float
+    footprint: dict[str, float],
+    calls_per_import: float,
+    fallback_cpu_ms: float,
+    *,
+    waits_shared_by: float = 1.0,
+    measured_seconds: float | None = None,
 ) -> dict[int, dict[str, float | bool]]:
-    """Per memory size: seconds per import (Zoho's wait, AWS round trips, the measured CPU time
-    stretched by the CPU share that memory buys), GB-seconds, and whether the peak fits."""
+    """Per memory size: seconds per import, GB-seconds, and whether the peak fits. Seconds:
+    `measured_seconds` (measured on this machine's full CPU) plus the measured CPU time
+    stretched by what that memory's smaller CPU share adds; or else modelled, Zoho's wait and
+    the AWS round trips, shared by `waits_shared_by` imports that wait at once (a batch's
+    records run at once), plus the CPU time stretched by the CPU share that memory buys."""
     cpu = footprint.get("cpu_ms_per_import", fallback_cpu_ms) / 1000
     peak = footprint.get("peak_rss_mb", 0.0)
     options: dict[int, dict[str, float | bool]] = {}
     for mb in MEMORY_CHOICES:
-        seconds = (
-            ZOHO_LATENCY_SECONDS
-            + calls_per_import * AWS_ROUND_TRIP_SECONDS
-            + cpu * max(1.0, FULL_VCPU_MB / mb)
-        )
+        stretch = max(1.0, FULL_VCPU_MB / mb)
+        if measured_seconds is not None:
+            seconds = measured_seconds + cpu * (stretch - 1.0)
+        else:
+            waits = ZOHO_LATENCY_SECONDS + calls_per_import * AWS_ROUND_TRIP_SECONDS
+            seconds = waits / max(waits_shared_by, 1.0) + cpu * stretch
         options[mb] = {
             "seconds": seconds,
             "gb_seconds": seconds * mb / 1024,
@@ -189,9 +201,21 @@ def model(
     deliveries = 1 + load.denials  # a denied message comes back through the queue
     invocations = {"http": 1.0, "sqs": deliveries / BATCH}
     total_calls = sum(load.calls.values())
-    memory = memory_options(footprint, total_calls, paths["sqs"]["service_ms"])
+    # SQS: a batch's records run at once, so a batch's deliveries share one import's wait.
+    memory = memory_options(
+        footprint,
+        total_calls,
+        paths["sqs"]["service_ms"],
+        waits_shared_by=BATCH / deliveries,
+        measured_seconds=load.function_seconds,
+    )
+    http = memory_options(footprint, total_calls, paths["http"]["service_ms"])
     chosen = choose_memory(memory)
-    gb_seconds = float(memory[chosen]["gb_seconds"])
+    gb_seconds = {
+        "sqs": float(memory[chosen]["gb_seconds"]),
+        "http": float(http[chosen]["gb_seconds"]),
+    }
+    how = "measured under load" if load.function_seconds is not None else "modelled"
     traced = {p: traced_share(load.imports_per_second * n) for p, n in invocations.items()}
     logs = ", ".join(f"{p} {paths[p]['log_bytes']:.0f} B" for p in paths)
     lines = [
@@ -204,10 +228,12 @@ def model(
         ),
         Line(
             "Lambda arm64 GB-seconds",
-            dict.fromkeys(paths, gb_seconds),
+            gb_seconds,
             LAMBDA_ARM64_GB_SECOND,
-            f"{chosen} MB x {memory[chosen]['seconds']:.3f} s (Zoho's {ZOHO_LATENCY_SECONDS:g} s, "
-            f"{total_calls:.2f} AWS calls x {AWS_ROUND_TRIP_SECONDS * 1000:g} ms, CPU)",
+            f"{chosen} MB x {memory[chosen]['seconds']:.3f} s via SQS ({how}; a batch's "
+            f"records at once), {http[chosen]['seconds']:.3f} s via HTTP (Zoho's "
+            f"{ZOHO_LATENCY_SECONDS:g} s, {total_calls:.2f} AWS calls x "
+            f"{AWS_ROUND_TRIP_SECONDS * 1000:g} ms, CPU)",
         ),
         Line(
             "SQS requests",
@@ -261,6 +287,8 @@ def model(
         "under_load": load.measured,
         "denials_per_import": load.denials,
         "memory_options": memory,
+        "memory_options_http": http,
+        "function_seconds_measured": load.function_seconds,
         "memory_chosen_mb": chosen,
         "footprint": footprint,
         "dynamodb_wru_rru_per_import": ddb,

@@ -10,6 +10,10 @@ a refresh). Two parts, with compressed windows and Zoho's latency compressed lik
   per second against N times one organization's, the most calls Zoho saw in any window of any
   organization, 429s, and the DynamoDB items written while importing for more than one
   organization.
+- **Deployed concurrency**: 50 organizations at their limits, served by the queue's deployed
+  concurrency (2 containers) in batches of 10 at Zoho's own latency: a batch's organizations
+  at once, a lane each, as the SQS handler does, against one record after the other. Figures:
+  imports per second and the function seconds Lambda bills per import, for both.
 - **Head of line**: one organization's backlog in a kind's queue, parked at its daily cap (2,000
   messages) or at its per-minute limit (1,000; --quick: 300 each), then a second
   organization's single import sent to the same queue, behind it, served by the queue's
@@ -22,6 +26,7 @@ a refresh). Two parts, with compressed windows and Zoho's latency compressed lik
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import defaultdict
@@ -32,7 +37,8 @@ from unittest import mock
 
 import botocore.client
 
-from bench.core import Options, Report
+from bench import world as bench_world
+from bench.core import ZOHO_LATENCY_SECONDS, Options, Report
 from bench.rate_limit import COMPRESSED, CONCURRENCY
 from bench.world import Queue, World, current, serve, world
 from crm_to_books import topology
@@ -192,6 +198,47 @@ def _head_of_line(backlog: int, parked: bool) -> dict[str, Any]:
     }
 
 
+def _deployed(lanes: bool, windows: int) -> dict[str, Any]:
+    """50 organizations at their limits served by the queue's deployed concurrency (2
+    containers) in batches of 10, at Zoho's own latency: a batch's organizations imported at
+    once, a lane each (`lanes`, as the SQS handler does), or one record after the other."""
+    window, n = SCALING_WINDOW, 50
+    limits = Organization(
+        requests_per_minute=RPM, daily_limit=1_000_000, max_concurrency=CONCURRENCY
+    )
+    orgs, config = _organizations(n, limits)
+    one_lane = (
+        contextlib.nullcontext() if lanes else mock.patch.object(bench_world, "PARALLEL_RECORDS", 1)
+    )
+    with world(config, limits=limits, window=window) as w, one_lane:
+        w.sandbox.set_faults(latency_seconds=ZOHO_LATENCY_SECONDS)
+        importers = _containers(w, orgs, limits, topology.QUEUE_MAXIMUM_CONCURRENCY)
+        queue = Queue()
+        for i in range(RPM * (windows + 2)):
+            for org in orgs:
+                queue.send(ImportRequest(kind="account", organization_id=org, crm_id=str(i + 1)))
+        w.calls.take()
+        started = time.monotonic()
+        served = serve(importers, queue, started + windows * window, batch=topology.BATCH_SIZE)
+        elapsed = time.monotonic() - started
+        calls, _, _ = w.calls.take()
+        counters = w.counters(window_seconds=window)
+    imported = sum(served.done.values())
+    return {
+        "lanes": lanes,
+        "containers": len(importers),
+        "imports": imported,
+        "imports_per_second": round(imported / elapsed, 2),
+        "limit_per_second": n * RPM / window,
+        "function_seconds_per_import": round(served.busy_seconds / max(imported, 1), 3),
+        "aws_calls_per_import": round(calls.total() / max(imported, 1), 2),
+        "most_in_any_window_of_any_org": max(
+            counters["max_requests_in_window"].get(org, 0) for org in orgs
+        ),
+        "responses_429": sum(counters["responses_429"].values()),
+    }
+
+
 def run(options: Options) -> Report:
     report = Report("many_orgs", "Many organizations: scaling, and one organization's backlog")
     counts, windows = ((1, 50), 2) if options.quick else ((1, 10, 50), 3)
@@ -231,6 +278,23 @@ def run(options: Options) -> Report:
             f"import {got['aws_calls_per_import']} (failed conditions "
             f"{got['failed_conditions_per_import']}), retries per import "
             f"{got['retries_per_import']}, {got['items_written']} items written"
+        )
+    deployed = {lanes: _deployed(lanes, windows) for lanes in (True, False)}
+    for lanes, got in deployed.items():
+        how = "a lane per organization" if lanes else "one record after the other"
+        report.details[f"50 organizations, deployed concurrency, {how}"] = got
+        report.add(
+            f"50 organizations, {got['containers']} containers, batches of "
+            f"{topology.BATCH_SIZE}, {how}: imports per second / the limits' / function "
+            "seconds per import",
+            f"{got['imports_per_second']:g} / {got['limit_per_second']:g} / "
+            f"{got['function_seconds_per_import']:g}",
+        )
+        report.add(
+            f"  {how}: most calls Zoho saw in any window of one organization; 429s",
+            f"{got['most_in_any_window_of_any_org']}; {got['responses_429']}",
+            target=f"<= {RPM}; 0",
+            ok=got["most_in_any_window_of_any_org"] <= RPM and not got["responses_429"],
         )
     sizes = (300, 300) if options.quick else (2_000, 1_000)
     for parked, size in zip((True, False), sizes, strict=True):

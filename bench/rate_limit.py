@@ -35,7 +35,7 @@ from statistics import mean
 from typing import Any
 from unittest import mock
 
-from bench.core import ZOHO_LATENCY_SECONDS, Options, Report
+from bench.core import AWS_ROUND_TRIP_SECONDS, ZOHO_LATENCY_SECONDS, Options, Report
 from bench.world import Queue, run_workers, serve, sqs_wait, world
 from crm_to_books import topology
 from crm_to_books.attempt import Attempt
@@ -95,16 +95,17 @@ def _drain(
     *,
     queue: bool,
     batch: int = 1,
-) -> tuple[int, int]:
-    """Imports done and `retry_later` answers, by `_pass`'s model of the queue."""
+) -> tuple[int, int, float | None]:
+    """Imports done, `retry_later` answers, and (with `queue`) the containers' busy seconds (as
+    Lambda bills them), by `_pass`'s model of the queue."""
     if queue:
         pending = Queue()
         for request in backlog:
             pending.send(request)
         served = serve(importers, pending, deadline, wait=wait, batch=batch)
-        return sum(served.done.values()), served.retries
+        return sum(served.done.values()), served.retries, served.busy_seconds
     drained = run_workers(importers, backlog, deadline, wait=wait)
-    return drained.count("imported"), drained.retries
+    return drained.count("imported"), drained.retries, None
 
 
 def _pass(
@@ -174,10 +175,10 @@ def _pass(
         w.calls.take()
         started = time.monotonic()
         deadline = started + windows * window + 1.0
-        imports, retries = _drain(
+        imports, retries, busy = _drain(
             importers, backlog, deadline, counted_wait, queue=queue, batch=batch
         )
-        calls, failed, _ = w.calls.take()
+        calls, failed, aws_seconds = w.calls.take()
         counters, org = w.counters(window_seconds=window), w.org
     first = min(starts)
     complete = min(windows, int((deadline - latency - first) // window))  # whole windows only
@@ -196,6 +197,15 @@ def _pass(
         "queue_model": "one queue, any container" if queue else "each container its own",
         "imports": imports,
         "waited_ms_per_import": round(waited[0] * 1000 / imported, 1),
+        # Lambda's billed seconds per import, on this machine's CPU (the queue model only), as
+        # measured, and with moto's time per AWS call (one lock for every container) replaced
+        # by an AWS round trip: what the cost model bills.
+        "function_seconds_per_import": round(busy / imported, 3) if busy is not None else None,
+        "function_seconds_per_import_at_aws_round_trips": round(
+            (busy - aws_seconds + calls.total() * AWS_ROUND_TRIP_SECONDS) / imported, 3
+        )
+        if busy is not None
+        else None,
         "per_window": per_window,
         "use": window / cycle,  # the long-run rate; aligned windows hide a slow drift
         "per_window_use": sum(per_window) / (len(per_window) * rpm),

@@ -28,6 +28,7 @@ import botocore.client
 from botocore.exceptions import ClientError
 
 from crm_to_books import topology as t
+from crm_to_books.batch import PARALLEL_RECORDS
 from crm_to_books.entities import KINDS
 from crm_to_books.limiter import Reservation
 from crm_to_books.models import ImportRequest
@@ -355,6 +356,21 @@ class Served:
     retries: int = 0
     other: int = 0  # neither imported nor back in the queue (failed, already imported)
     finished_at: dict[tuple[str, str], float] = field(default_factory=dict)
+    busy_seconds: float = 0.0  # containers' time from a batch's receipt to its last record done
+
+    def count(self, outcome: ImportOutcome) -> tuple[str, str] | None:
+        """An outcome that is not a retry; the record's key when it was imported."""
+        if outcome.parked:
+            self.parked += 1  # the re-drive job owns it now
+            return None
+        if outcome.result != "imported":
+            self.other += 1
+            return None
+        request = outcome.request
+        self.done[request.organization_id] += 1
+        key = (request.organization_id, request.crm_id)
+        self.finished_at[key] = time.monotonic()
+        return key
 
 
 def serve(
@@ -370,18 +386,25 @@ def serve(
     id) is imported. A `retry_later` goes back to the queue, visible again after
     `wait(outcome)`, to whichever container receives it first (as SQS hands a delayed message
     to any poller): unlike `run_workers`, a container does not wait for its own message.
-    `batch`: messages a container receives at once and imports one after the other, as the
-    SQS handler does with a Lambda batch."""
+    `batch`: messages a container receives at once, imported as the SQS handler does a Lambda
+    batch: its organizations at once, a lane (thread) each, each one's records in turn."""
     served, lock = Served(), threading.Lock()
     stop = threading.Event()
 
     def work(importer: Importer) -> None:
-        while messages := queue.receive(deadline, stop, batch):
-            # As the SQS handler does (`crm_to_books.batch.turns_first`)
-            for message in sorted(messages, key=lambda m: m.held.start_at if m.held else math.inf):
-                if stop.is_set() or time.monotonic() >= deadline:
-                    return
-                handle(importer, message)
+        with ThreadPoolExecutor(min(batch, PARALLEL_RECORDS), "lane") as lanes:
+            while messages := queue.receive(deadline, stop, batch):
+                received = time.monotonic()
+                for done in [lanes.submit(lane, importer, ms) for ms in _lanes(messages)]:
+                    done.result()  # a record's error ends the run
+                with lock:  # what Lambda bills: the invocation lasts until its last record
+                    served.busy_seconds += time.monotonic() - received
+
+    def lane(importer: Importer, messages: list[_Message]) -> None:
+        for message in messages:
+            if stop.is_set() or time.monotonic() >= deadline:
+                return
+            handle(importer, message)
 
     def handle(importer: Importer, message: _Message) -> None:
         request = message.request
@@ -391,23 +414,22 @@ def serve(
             if outcome.result == "retry_later" and not outcome.parked:
                 served.retries += 1
                 queue.send(request, wait(outcome), outcome.reservation)
-                return
-            if outcome.parked:
-                served.parked += 1  # the re-drive job owns it now
-                return
-            if outcome.result != "imported":
-                served.other += 1
-                return
-            served.done[request.organization_id] += 1
-            key = (request.organization_id, request.crm_id)
-            served.finished_at[key] = time.monotonic()
-            if key == stop_when:
+            elif served.count(outcome) == stop_when:
                 stop.set()
 
     with ThreadPoolExecutor(len(importers), thread_name_prefix="container") as pool:
         for future in [pool.submit(work, i) for i in importers]:
             future.result()  # a container's error ends the run, not just its thread
     return served
+
+
+def _lanes(messages: list[_Message]) -> list[list[_Message]]:
+    """As the SQS handler does (`crm_to_books.batch`): a lane per organization, its records one
+    after the other, those with a turn first, soonest first."""
+    by_org: dict[str, list[_Message]] = defaultdict(list)
+    for m in sorted(messages, key=lambda m: m.held.start_at if m.held else math.inf):
+        by_org[m.request.organization_id].append(m)
+    return list(by_org.values())
 
 
 class _Current(threading.local):

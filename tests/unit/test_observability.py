@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 # In a fresh interpreter: the tracer decorating a handler and a method, as the engine does.
@@ -34,7 +35,7 @@ print(json.dumps({
 """
 
 
-def probe(trace_header: str) -> dict[str, object]:
+def probe(trace_header: str, code: str = PROBE) -> dict[str, Any]:
     env = {key: value for key, value in os.environ.items() if key != "POWERTOOLS_TRACE_DISABLED"}
     env |= {
         "PYTHONPATH": os.pathsep.join([str(ROOT / "layers/core/python"), str(ROOT)]),
@@ -45,7 +46,7 @@ def probe(trace_header: str) -> dict[str, object]:
         "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:9",
     }
     out = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -66,3 +67,36 @@ def test_a_sampled_invocation_builds_the_tracer_and_patches_what_the_engine_call
     assert got["after_call"] is True
     assert got["botocore_patched"] is True
     assert got["result"] == 1
+
+
+# A sampled invocation whose work runs in lanes (worker threads), as a batch's organizations do.
+LANES_PROBE = """
+import json
+from concurrent.futures import ThreadPoolExecutor
+from aws_xray_sdk.core import xray_recorder
+from crm_to_books.observability import tracer
+
+@tracer.capture_method(capture_response=False)
+def step(n):
+    sub = xray_recorder.current_subsegment()
+    return {"name": sub.name, "parent": sub.parent_id, "trace": sub.trace_id}
+
+@tracer.capture_lambda_handler
+def handler(event, context):
+    here = xray_recorder.current_subsegment()
+    with ThreadPoolExecutor(2) as pool:
+        lanes = list(pool.map(tracer.in_threads(step), [1, 2]))
+    return {"handler": here.id, "trace": here.trace_id, "lanes": lanes}
+
+print(json.dumps(handler({}, None)))
+"""
+
+
+def test_a_lanes_subsegments_are_recorded_under_the_invocations_handler() -> None:
+    got = probe(
+        "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+        LANES_PROBE,
+    )
+    assert [lane["parent"] for lane in got["lanes"]] == [got["handler"]] * 2
+    assert {lane["trace"] for lane in got["lanes"]} == {got["trace"]}
+    assert {lane["name"] for lane in got["lanes"]} == {"## __main__.step"}
