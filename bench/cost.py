@@ -325,6 +325,14 @@ def run(options: Options) -> Report:
         totals["sqs"] < 5,
     )
     report.add("total per million imports, HTTP path", round(totals["http"], 2), "USD")
+    # Config `tracing: pass_through`: a queue import is traced only if its sender was, so the
+    # SQS path records no traces of its own (the HTTP path follows the API stage's sampling).
+    xray = next(line for line in lines if line.what == "X-Ray traces")
+    report.add(
+        "total per million imports, SQS path, with tracing pass_through",
+        round(totals["sqs"] - xray.per_million("sqs"), 2),
+        "USD",
+    )
     chosen = inputs["memory_chosen_mb"]
     for mb, o in inputs["memory_options"].items():
         report.add(

@@ -147,6 +147,12 @@ class ServiceConfig(_Model):
     alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     log_retention_days: int = 30
     ledger_stream: bool = Field(default=False, description="a DynamoDB stream on the ledger")
+    tracing: Literal["active", "pass_through"] = Field(
+        default="active",
+        description="the functions' X-Ray mode: active samples by X-Ray's default rule (the "
+        "first request each second, then 5%); pass_through traces only what the caller sampled "
+        "(the API stage's own sampling, a traced SQS sender), so queue imports cost no traces",
+    )
     queue_concurrency: int = Field(
         default=QUEUE_MAXIMUM_CONCURRENCY,
         ge=QUEUE_CONCURRENCY_MINIMUM,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk import ArnFormat, CfnOutput, Stack, Tags
+from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from crm_to_books import topology
@@ -29,6 +30,9 @@ from infra.constructs.nag import acknowledge, as_nag_sees_it
 from infra.constructs.observability import Observability
 from infra.constructs.scheduling import Scheduling
 from infra.constructs.storage import Storage
+
+# Config `tracing`: Lambda's X-Ray mode for every function.
+_TRACING = {"active": lambda_.Tracing.ACTIVE, "pass_through": lambda_.Tracing.PASS_THROUGH}
 
 
 class CrmToBooksStack(Stack):
@@ -76,6 +80,7 @@ class CrmToBooksStack(Stack):
             ),
             log_retention=log_retention,
             functions_root=functions_root,
+            tracing=_TRACING[config.tracing],
         )
 
         # Import functions call Zoho for every configured organization: only their connections.

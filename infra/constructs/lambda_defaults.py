@@ -51,6 +51,7 @@ class LambdaDefaults:
     settings: Settings
     log_retention: logs.RetentionDays
     functions_root: Path = FUNCTIONS_ROOT
+    tracing: lambda_.Tracing = lambda_.Tracing.ACTIVE  # config `tracing`
 
 
 class ServiceFunction(Construct):
@@ -116,7 +117,7 @@ class ServiceFunction(Construct):
             logging_format=lambda_.LoggingFormat.JSON,
             application_log_level_v2=lambda_.ApplicationLogLevel.INFO,
             system_log_level_v2=lambda_.SystemLogLevel.WARN,
-            tracing=lambda_.Tracing.ACTIVE,
+            tracing=defaults.tracing,
             environment={
                 **own.to_env(),
                 **spec.environment,

@@ -36,8 +36,9 @@ def _methods(synth):
 @pytest.fixture(scope="module")
 def api_key_synth(tmp_path_factory):
     # Also a stage in an account whose API Gateway logging role is set already.
+    # And functions that trace only what their caller sampled (config `tracing`).
     api = {"auth": "api_key", "public_paths": ["/v1/health"], "cloudwatch_role": "existing"}
-    raw = {**CONFIG, "api": api}
+    raw = {**CONFIG, "api": api, "tracing": "pass_through"}
     return synthesize(raw, tmp_path_factory.mktemp("cdk.out.api_key"))
 
 
@@ -178,3 +179,19 @@ def test_an_existing_account_role_is_left_alone(api_key_synth):
     for role_id in api_key_synth.of_type("AWS::IAM::Role"):
         principals = [s["Principal"] for s in resolved.trust(role_id)]
         assert {"Service": "apigateway.amazonaws.com"} not in principals
+
+
+def test_tracing_pass_through_traces_what_the_caller_sampled_and_keeps_the_grant(api_key_synth):
+    for spec in topology.ALL_FUNCTIONS:
+        _, props = api_key_synth.function(spec)
+        assert props["TracingConfig"] == {"Mode": "PassThrough"}, spec.name
+        role = props["Role"]["Fn::GetAtt"][0]
+        actions = {
+            a
+            for statement in api_key_synth.role_statements(role)
+            for a in api_key_synth.as_list(statement["Action"])
+        }
+        # Lambda still sends the segments of a sampled caller's invocations.
+        assert {"xray:PutTraceSegments", "xray:PutTelemetryRecords"} <= actions, spec.name
+    (stage,) = api_key_synth.of_type("AWS::ApiGateway::Stage").values()
+    assert stage["TracingEnabled"] is True  # the API stage samples, and the functions follow
