@@ -45,7 +45,7 @@ from crm_to_books.limiter import (
     next_utc_midnight,
 )
 from crm_to_books.models import ImportError_, ImportRecord, ImportRequest, Status
-from crm_to_books.observability import logger, metrics, tracer
+from crm_to_books.observability import logger, metrics, output_lock, tracer
 from crm_to_books.ports import Holder
 from crm_to_books.settings import Organization, Settings
 from crm_to_books.tokens import TokenProvider, TokenUnavailable
@@ -978,13 +978,18 @@ class Attempt:
         elif record.status is Status.FAILED:
             metrics.add_metric(name=METRIC_IMPORT_FAILED, unit="Count", value=1)
         # The same outcome by kind: its own EMF line, so the alarms' metrics keep one dimension.
-        with single_metric(
-            name=METRIC_IMPORTS,
-            unit=MetricUnit.Count,
-            value=1,
-            namespace=METRICS_NAMESPACE,
-            default_dimensions={"service": SERVICE_NAME},
-        ) as metric:
+        # Printed under the log handler's lock: a batch's lanes print at once, and `print`
+        # writes the line and its newline apart (another lane's line could land between).
+        with (
+            output_lock(),
+            single_metric(
+                name=METRIC_IMPORTS,
+                unit=MetricUnit.Count,
+                value=1,
+                namespace=METRICS_NAMESPACE,
+                default_dimensions={"service": SERVICE_NAME},
+            ) as metric,
+        ):
             metric.add_dimension(name="kind", value=record.kind)
             metric.add_dimension(name="outcome", value=record.status.value)
 

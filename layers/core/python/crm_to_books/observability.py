@@ -12,9 +12,12 @@ the caller's decision (an API Gateway stage's sampling rule, an SQS message's tr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
@@ -100,6 +103,26 @@ class SampledTracer:
             tracer.put_annotation(key=key, value=value)
 
 
+class _Metrics(Metrics):
+    """Powertools' `Metrics`, one `add_metric` at a time: a batch's lanes add at once, and its
+    get-append-store of a metric's values could lose one."""
+
+    _adding = threading.Lock()
+
+    def add_metric(self, *args: Any, **kwargs: Any) -> None:
+        with self._adding:
+            super().add_metric(*args, **kwargs)
+
+
 logger = Logger(service=SERVICE_NAME)
-metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
+metrics = _Metrics(namespace=METRICS_NAMESPACE, service=SERVICE_NAME)
+
+
+def output_lock() -> AbstractContextManager[Any]:
+    """The log handler's lock, for output that is not a log line (an EMF line `print`ed): held,
+    no lane's line lands in the middle of it."""
+    lock = logger.registered_handler.lock
+    return lock if lock is not None else contextlib.nullcontext()
+
+
 tracer = SampledTracer(SERVICE_NAME)

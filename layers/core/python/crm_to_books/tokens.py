@@ -125,11 +125,12 @@ class TokenProvider:
         self._seen: dict[str, ConnectionState] = {}  # as of this process's last read
         self._secret_checked: dict[str, float] = {}
         self.refreshes = 0  # this process's token requests, for tests and benchmarks
-        # A batch's organizations are imported at once in threads sharing this provider: one
-        # thread at a time finds or refreshes a token, and the others then take it from memory,
-        # instead of each reading the shared item, losing the refresh lease to the first and
-        # polling until its token appears.
-        self._lock = threading.RLock()
+        # A batch's organizations are imported at once in threads sharing this provider: per
+        # connection, one thread at a time finds or refreshes a token, and the others then take
+        # it from memory, instead of each reading the shared item, losing the refresh lease to
+        # the first and polling until its token appears. Other connections do not wait.
+        self._locks: dict[str, threading.RLock] = {}  # per connection (`_lock_of`)
+        self._locking = threading.Lock()
 
     client = LazyClient("dynamodb")
 
@@ -139,7 +140,7 @@ class TokenProvider:
         token = self._memory.get(connection)
         if token and token.valid_for(self._clock()) > MIN_USABLE_SECONDS:
             return token
-        with self._lock:
+        with self._lock_of(connection):
             return self._get(connection)
 
     def _get(self, connection: str) -> AccessToken:
@@ -175,7 +176,7 @@ class TokenProvider:
         means a missing scope: a token refreshed for a 401 within `FRESH_TOKEN_SECONDS` was
         refused again. At most one token request per connection per that time is spent on
         401s, whatever their cause (a token Zoho evicted young, a scope no token will carry)."""
-        with self._lock:
+        with self._lock_of(connection):
             return self._after_401(connection, token)
 
     def _after_401(self, connection: str, token: AccessToken) -> AccessToken | None:
@@ -212,9 +213,17 @@ class TokenProvider:
         self.invalidate(connection, token)
         return self.get(connection)
 
+    def _lock_of(self, connection: str) -> threading.RLock:
+        with self._locking:
+            return self._locks.setdefault(connection, threading.RLock())
+
     def mark_missing(self, connection: str, scope: str) -> float:
         """A fresh token was refused: `scope` is missing. Marked for everyone until it is
         rechecked, or the secret changes (`crm-to-books connect`). Returns the recheck time."""
+        with self._lock_of(connection):  # another lane's `scope_works` would undo it here
+            return self._mark_missing(connection, scope)
+
+    def _mark_missing(self, connection: str, scope: str) -> float:
         now = self._clock()
         until = now + SCOPE_RECHECK_SECONDS
         try:
@@ -235,6 +244,10 @@ class TokenProvider:
 
     def scope_works(self, connection: str, scope: str) -> None:
         """A call needing `scope` succeeded: drop a mark this process has seen for it."""
+        with self._lock_of(connection):
+            self._scope_works(connection, scope)
+
+    def _scope_works(self, connection: str, scope: str) -> None:
         seen = self._seen.get(connection)
         if not seen or scope not in seen.missing_scopes:
             return
