@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -340,11 +342,21 @@ class _MeetingImporter(FakeImporter):
                 self.in_flight[org] -= 1
 
 
-def test_a_batchs_organizations_are_imported_at_once_each_record_logging_as_its_own(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def info_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The service's log lines from INFO up (another suite may have raised the level)."""
     out = io.StringIO()
     monkeypatch.setattr(logger.registered_handler, "stream", out)
+    level = logger.log_level
+    logger.setLevel(logging.INFO)
+    yield out
+    logger.setLevel(level)
+
+
+def test_a_batchs_organizations_are_imported_at_once_each_record_logging_as_its_own(
+    info_logs: io.StringIO,
+) -> None:
+    out = info_logs
     # Each import waits for the three other organizations' to be in flight: one organization
     # after the other, the first would wait alone and fail.
     importer = _MeetingImporter(4)

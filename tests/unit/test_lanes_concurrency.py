@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 import threading
 from collections.abc import Callable
@@ -135,6 +136,8 @@ def test_an_emf_line_printed_under_the_output_lock_is_never_cut_by_a_log_line(
     out = _Unbuffered()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(logger.registered_handler, "stream", out)
+    level = logger.log_level  # another suite may have raised it
+    logger.setLevel(logging.INFO)
     switch = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     gate = threading.Barrier(6)
@@ -161,6 +164,7 @@ def test_an_emf_line_printed_under_the_output_lock_is_never_cut_by_a_log_line(
             thread.join()
     finally:
         sys.setswitchinterval(switch)
+        logger.setLevel(level)
     lines = out.getvalue().splitlines()
     assert len(lines) == 6 * 40
     assert all(json.loads(line) for line in lines)
