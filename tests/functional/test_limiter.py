@@ -13,6 +13,7 @@ from crm_to_books.limiter import (
     Permit,
     RateLimiter,
     Reservation,
+    next_utc_midnight,
     stamp,
 )
 from crm_to_books.settings import Organization
@@ -222,6 +223,26 @@ def test_a_call_released_at_the_limit_keeps_its_slot_for_the_next_queued_import(
     assert not isinstance(other, Permit) or other.slot != turn.slot
     taken = limiter_at(at_turn).acquire(ORG, limits, reserve=True, reservation=turn)
     assert isinstance(taken, Permit) and taken.slot == turn.slot
+
+
+def test_a_kept_turn_is_not_given_out_once_the_organization_is_seen_parked(
+    aws_world: dict[str, Any],
+) -> None:
+    limits = Organization(requests_per_minute=2, max_concurrency=2)
+    moment = [T0]
+    container = RateLimiter(NAMES.state_table, clock=lambda: moment[0], window_seconds=60.0)
+    first, _ = (container.acquire(ORG, limits) for _ in range(2))
+    assert isinstance(first, Permit)
+    assert isinstance(container.acquire(ORG, limits, reserve=True), Denied)  # one waits
+    container.release(first)  # its slot kept as a turn for the next queued import here
+    # Another container hears Zoho's daily cap, and this one's view comes to show the park
+    limiter_at(moment[0]).block(ORG, next_utc_midnight(moment[0]), "daily")
+    container._known[ORG] = (container._read(ORG), moment[0])  # as a write's answer brings it
+
+    # The next queued import is not sent away for a turn it could not use: it is told the park
+    assert container.claim(ORG, limits) is None
+    told = container.acquire(ORG, limits, reserve=True)
+    assert isinstance(told, Denied) and told.parks
 
 
 def test_a_kept_turn_nobody_claimed_in_time_is_not_given_out(aws_world: dict[str, Any]) -> None:

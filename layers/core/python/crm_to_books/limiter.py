@@ -516,15 +516,20 @@ class RateLimiter:
     @_locked
     def claim(self, organization_id: str, org: Organization) -> Reservation | None:
         """A turn this container's own release held for the next queued import it would see
-        waiting at the organization (`release_update`), soonest first, if one is still good
-        and no rate slot is free now (as this container saw it): a turn given out this way
-        costs no write, and no other container races for its slot."""
+        waiting at the organization (`release_update`), soonest first, if one is still good,
+        no rate slot is free now and the organization is neither parked nor out of calls for
+        the day (as this container saw it): a turn given out this way costs no write, and no
+        other container races for its slot."""
         now = self._clock()
         pocket = self._pocket.get(organization_id) or []
         while pocket and now >= pocket[0].start_at + self._lease - POCKET_MARGIN_SECONDS:
             pocket.pop(0)  # its slot no longer holds it (or soon will not): anyone's
         if not pocket or not self._at_limit(organization_id, org, now):
             return None  # a slot may be free: the caller takes it (`acquire`), not a later turn
+        item, seen = self._known[organization_id]  # known: `_at_limit` saw it
+        view = _View.of(item, now, self._window, seen, self._lease, self._hold)
+        if view.stops(org, now) is not None:
+            return None  # parked, or the day spent, as last seen: `acquire` says so, not a turn
         return pocket.pop(0)
 
     @_locked
