@@ -282,7 +282,8 @@ class LimiterModel(RuleBasedStateMachine):
         self.events += 1
         call.ended = self.now
         limiter = self.limiter(call.container)
-        kept = len(limiter._pocket.get(ORG, []))
+        before = list(limiter._pocket.get(ORG, []))
+        kept = len(before)
         try:
             limiter.release(call.permit)
         except ClientError:
@@ -291,7 +292,9 @@ class LimiterModel(RuleBasedStateMachine):
             assert len(limiter._pocket.get(ORG, [])) == kept  # no turn kept by a failed write
             return
         call.released = True
-        new = [t for t in limiter._pocket.get(ORG, []) if t.slot == call.permit.slot]
+        # The turn this release kept, if any: an older one of the same slot may still be there
+        # (not given out, or out of date), and was checked when it was kept.
+        new = [t for t in limiter._pocket.get(ORG, []) if t not in before]
         if not new:
             return
         # Kept for the next queued import this container sees (a queued one waited here)
@@ -349,11 +352,14 @@ class LimiterModel(RuleBasedStateMachine):
         now = self.now + SKEWS[name]
         good = [t for t in mine if now < t.start_at + LEASE - 5.0]
         if got is None:
-            if good:  # kept, not given: a slot is free (as the container saw it)
-                stamps = _View.stamps(limiter._known[ORG][0], now)
-                assert any(stamps.get(k, 0.0) <= now for k in range(LIMITS.requests_per_minute)), (
-                    good
-                )
+            if good:  # kept, not given: a slot is free, or the organization is parked or out of
+                # calls for the day (as the container saw it)
+                item, seen = limiter._known[ORG]
+                stamps = _View.stamps(item, now)
+                view = _View.of(item, now, WINDOW, seen, LEASE, 0.0)
+                assert view.stops(LIMITS, now) is not None or any(
+                    stamps.get(k, 0.0) <= now for k in range(LIMITS.requests_per_minute)
+                ), good
             self.kept = [(n, t) for n, t in self.kept if n != name or t in good]
             return
         assert good and got == good[0], (got, good)
