@@ -105,7 +105,7 @@ class ParallelBatchProcessor(BatchProcessor):
         self._kind = kind
 
     def process(self) -> list[tuple[Any, ...]]:
-        lanes = self._lanes()
+        lanes = self._lanes() if len(self.records) > 1 else [self.records]
         if len(lanes) < 2:
             return self._process_lane(self.records)  # one organization: in this thread
         run = tracer.in_threads(self._process_lane)

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from aws_lambda_powertools import Tracer
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
 TRACE_ENV = "_X_AMZN_TRACE_ID"  # set by Lambda for each invocation
 TRACED_LIBRARIES = ("botocore", "requests")  # AWS and Zoho calls become subsegments
 
