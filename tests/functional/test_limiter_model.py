@@ -352,9 +352,12 @@ class LimiterModel(RuleBasedStateMachine):
         now = self.now + SKEWS[name]
         good = [t for t in mine if now < t.start_at + LEASE - 5.0]
         if got is None:
-            if good:  # kept, not given: a slot is free, or the organization is parked or out of
-                # calls for the day (as the container saw it)
-                item, seen = limiter._known[ORG]
+            known = limiter._known.get(ORG)
+            if good and known is not None and now - known[1] < WINDOW:
+                # Kept, not given, with a view that proves the limit: a slot is free in it, or
+                # it shows the organization parked or out of calls for the day. (With no view,
+                # or one older than a window, a slot may be free: not given either.)
+                item, seen = known
                 stamps = _View.stamps(item, now)
                 view = _View.of(item, now, WINDOW, seen, LEASE, 0.0)
                 assert view.stops(LIMITS, now) is not None or any(
