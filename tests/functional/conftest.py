@@ -161,3 +161,15 @@ def new_importer(settings: Settings, clock: OffsetClock) -> Callable[..., Import
         return Importer(s, clock=clock)
 
     return make
+
+
+@pytest.fixture
+def importer(new_importer: Callable[..., Importer]) -> Importer:
+    """A container of the account import function."""
+    return new_importer(import_kind="account")
+
+
+@pytest.fixture
+def queue(aws_world: dict[str, Any]) -> str:
+    """The account imports' queue."""
+    return str(aws_world["queue_urls"]["account"])

@@ -34,16 +34,6 @@ CONTEXT = LambdaContext()
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics:UserWarning")
 
 
-@pytest.fixture
-def importer(new_importer: Callable[..., Importer]) -> Importer:
-    return new_importer(import_kind="account")
-
-
-@pytest.fixture
-def queue(aws_world: dict[str, Any]) -> str:
-    return str(aws_world["queue_urls"]["account"])
-
-
 def post(importer: Importer, kind: str, crm_id: str, **headers: str) -> dict[str, Any]:
     event = api_event("POST", f"/v1/crm/{kind}/{crm_id}/import", {"organization_id": ORG}, headers)
     return importer_fn.handler(event, CONTEXT, importer=importer)

@@ -274,13 +274,21 @@ class World:
         self.zoho.imports_by_task[name] = 0
         return self.scheduler.start(name, started, work, key=key)
 
-    def invoke_sqs(self, name: str, kind: str) -> Task | None:
-        message = self.queues.receive(kind, holder=name)
-        if message is None:
+    def invoke_sqs(self, name: str, kind: str, batch_size: int = 1) -> Task | None:
+        """An invocation with up to `batch_size` messages, as Lambda's event source mapping
+        hands a batch to a function."""
+        messages = []
+        while len(messages) < batch_size:
+            message = self.queues.receive(kind, holder=name)
+            if message is None:
+                break
+            messages.append(message)
+        if not messages:
             return None
         importer = self.container(name)
         started = self.clock.now
-        event = {"Records": [_sqs_record(message, self.queues.arn(kind))]}
+        arn = self.queues.arn(kind)
+        event = {"Records": [_sqs_record(m, arn) for m in messages]}
 
         def work() -> None:
             answer = batch.process_batch(
@@ -291,11 +299,14 @@ class World:
                 sqs=self.sqs,  # type: ignore[arg-type]
             )
             failed = {f["itemIdentifier"] for f in answer["batchItemFailures"]}
-            if message.id not in failed:  # Lambda deletes what the batch did not report
-                self.queues.delete(kind, message)
+            for message in messages:
+                if message.id not in failed:  # Lambda deletes what the batch did not report
+                    self.queues.delete(kind, message)
 
-        task = self.scheduler.start(name, started, work, key=message.key())
-        message.task = task
+        keys = tuple(m.key() for m in messages)
+        task = self.scheduler.start(name, started, work, key=keys[0], keys=keys)
+        for message in messages:
+            message.task = task
         return task
 
     def invoke_job(self, name: str, job: str) -> Task:

@@ -121,10 +121,14 @@ class EngineModel(RuleBasedStateMachine):
         if not self.world.busy(c):
             self._advance(self.world.invoke_http(c, key, respond_async))
 
-    @rule(c=st.sampled_from(CONTAINERS), kind=st.sampled_from(("account", "item")))
-    def sqs(self, c: str, kind: str) -> None:
+    @rule(
+        c=st.sampled_from(CONTAINERS),
+        kind=st.sampled_from(("account", "item")),
+        batch_size=st.sampled_from((1, 1, 3)),
+    )
+    def sqs(self, c: str, kind: str, batch_size: int) -> None:
         if not self.world.busy(c):
-            self._advance(self.world.invoke_sqs(c, kind))
+            self._advance(self.world.invoke_sqs(c, kind, batch_size))
 
     @rule(c=st.sampled_from(CONTAINERS), job=st.sampled_from(("redrive", "keeper")))
     def job(self, c: str, job: str) -> None:
@@ -379,7 +383,7 @@ def _story(world: World, key: Key) -> str:
         f"{', killed' if t.killed else ''}{', ' + type(t.error).__name__ if t.error else ''}"
         f"): {t.trace[-12:]}"
         for t in world.scheduler.history
-        if t.key == key or t.job == "redrive"
+        if key in t.keys or t.job == "redrive"
     ][-5:]
     ids = {m.id for m in [*world.queues.messages(), *world.queues.dead()] if m.key() == key}
     sqs = [e for e in world.queues.log if e[2] in ids or key.crm_id in e[1]][-10:]
@@ -389,7 +393,7 @@ def _story(world: World, key: Key) -> str:
 def _held(world: World, key: Key) -> bool:
     """A running invocation about this import (or the re-drive job, between taking a parked
     record and sending its message) holds it between two of its steps."""
-    return any(t.key == key or t.job == "redrive" for t in world.scheduler.running())
+    return any(key in t.keys or t.job == "redrive" for t in world.scheduler.running())
 
 
 def _owned_by_a_message_in_time(world: World, record, item, now: float) -> None:  # type: ignore[no-untyped-def]

@@ -72,7 +72,8 @@ class Task:
     result: Any = None
     error: BaseException | None = None
     trace: list[str] = field(default_factory=list)
-    key: Any = None  # the import an HTTP or SQS invocation is about
+    key: Any = None  # the import an HTTP or SQS invocation is about (its first, for a batch)
+    keys: tuple[Any, ...] = ()  # every import an SQS invocation's batch is about
     job: str | None = None  # "redrive" or "keeper" for the scheduled jobs
 
 
@@ -113,9 +114,10 @@ class Scheduler:
         work: Callable[[], Any],
         key: Any = None,
         job: str | None = None,
+        keys: tuple[Any, ...] = (),
     ) -> Task:
         assert name not in self.tasks or self.tasks[name].done, f"{name} is busy"
-        task = Task(name, started_at=now, key=key, job=job)
+        task = Task(name, started_at=now, key=key, job=job, keys=keys or (key,))
 
         def run() -> None:
             self._local.task = task

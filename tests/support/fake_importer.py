@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -68,6 +69,7 @@ class Script:
     error: ImportError_ | None = None
     recorded: bool | None = None  # None: as the engine, not when rate-limited
     reservation: Reservation | None = None  # the rate slot held for the retry
+    parked_together: bool = False  # `park_known` parks it, before its own attempt
 
 
 class FakeLedger:
@@ -126,6 +128,7 @@ class FakeImporter:
         self.redrive_count = 0
         self.token_results: list[dict[str, str]] = []
         self.reservations: list[Reservation | None] = []  # what each run was given
+        self.park_asks: list[list[str]] = []  # the CRM ids each `park_known` was asked about
 
     def script(self, crm_id: str, **how: Any) -> None:
         self.scripts[crm_id] = Script(**how)
@@ -134,6 +137,16 @@ class FakeImporter:
         return [name for name, _ in self.calls]
 
     # --- ImporterLike -----------------------------------------------------------------------
+    def park_known(self, requests: Sequence[ImportRequest]) -> list[FakeOutcome]:
+        self.park_asks.append([r.crm_id for r in requests])
+        parked = [r for r in requests if self.scripts.get(r.crm_id, Script()).parked_together]
+        return [
+            FakeOutcome(
+                r, self._record(r, Status.RETRYING, parked=True), "retry_later", parked=True
+            )
+            for r in parked
+        ]
+
     def run(
         self,
         request: ImportRequest,

@@ -98,6 +98,42 @@ def test_a_parked_import_is_deleted_for_the_redrive_job(importer: FakeImporter) 
     assert failures(response) == [] and sqs.visibility == []
 
 
+def test_records_parked_together_are_deleted_without_an_attempt_of_their_own(
+    importer: FakeImporter,
+) -> None:
+    for crm_id in ("2", "3"):
+        importer.script(crm_id, parked_together=True)
+    sqs = FakeSqs()
+    records = [sqs_record({"organization_id": ORG, "crm_id": c}) for c in ("1", "2", "3", "4")]
+
+    response = run(importer, *records, sqs=sqs)
+
+    assert failures(response) == [] and sqs.visibility == [] and sqs.sent == []
+    assert importer.park_asks == [["1", "2", "3", "4"]]  # the lane's records, before the first
+    assert [r.crm_id for r, _ in (c[1] for c in importer.calls if c[0] == "run")] == ["1", "4"]
+
+
+def test_after_a_record_parks_the_lanes_rest_are_asked_about_again(
+    importer: FakeImporter,
+) -> None:
+    importer.script("2", result="retry_later", retry_after=50_000, parked=True)
+    importer.script("4", parked_together=True)
+    held = Reservation(ORG, 1, 1_234_567, 1_795_000_061.5)
+    turn = sqs_record({"organization_id": ORG, "crm_id": "5"})
+    turn["messageAttributes"] = {
+        batch.RESERVATION_ATTRIBUTE: {"stringValue": held.encode(), "dataType": "String"}
+    }
+    records = [sqs_record({"organization_id": ORG, "crm_id": c}) for c in ("2", "3", "4")]
+
+    response = run(importer, *records, sqs_record("{not json"), turn)
+
+    assert failures(response) == []
+    # Not the one with a turn (it goes first), nor poison; again after 2 parked, but not 4.
+    assert importer.park_asks == [["2", "3", "4"], ["3"]]
+    ran = [c[1][0].crm_id for c in importer.calls if c[0] == "run"]
+    assert ran == ["5", "2", "3"]
+
+
 @pytest.mark.parametrize(("retry_after", "visibility"), [(None, 60), (0.2, 1), (10**6, 43170)])
 def test_the_delay_is_rounded_up_and_capped_below_sqs_12_hours(
     importer: FakeImporter, retry_after: float | None, visibility: int

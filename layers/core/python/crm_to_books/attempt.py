@@ -24,18 +24,27 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_to_books import lookup
 from crm_to_books.entities import Entity, get_entity, kinds_needing
 from crm_to_books.errors import ConnectionBroken
 from crm_to_books.events import OutcomePublisher
 from crm_to_books.intake import Intake
-from crm_to_books.ledger import AlreadySucceeded, Busy, Claim, Completion, Ledger, epoch
+from crm_to_books.ledger import (
+    MAX_PARKED_AT_ONCE,
+    AlreadySucceeded,
+    Busy,
+    Claim,
+    Completion,
+    Ledger,
+    epoch,
+)
 from crm_to_books.limiter import (
     AHEAD_SECONDS,
     Denied,
@@ -91,7 +100,9 @@ CONNECT_HINT = (
 @dataclass(slots=True)
 class ImportOutcome:
     request: ImportRequest
-    record: ImportRecord | None  # None: not read, not written (a queued import waits its turn)
+    # None: not read, not written (a queued import waits its turn), or written with others,
+    # not read (`Attempt.park_known`)
+    record: ImportRecord | None
     result: Result
     retry_after: float | None = None
     zoho_data: dict[str, Any] | None = None
@@ -785,6 +796,65 @@ class Attempt:
             reservation=held,
         )
 
+    def park_known(self, requests: Sequence[ImportRequest]) -> list[ImportOutcome]:
+        """Queued imports of one organization that nobody may send before a park's end, as this
+        container last saw its limiter item (`RateLimiter.stopped`: Zoho said stop until
+        midnight, or the day's calls are spent; no read): parked in the ledger together, one
+        transaction (`Ledger.park`), instead of a lease and a park each. A backlog parked at its
+        daily cap then costs a fraction of a call per message, and does not hold up another
+        organization's imports behind it in the queue. Each record once (a twin takes its own
+        attempt). None parked when the view shows no such stop, or when the transaction does not
+        write (a record imported already or in progress, a throttle that lasts): each import
+        then takes its own attempt, as before. The record keeps what it owes (`needs_lookup`):
+        the attempt after the park looks it up first. The parked imports' outcomes."""
+        if not requests:
+            return []
+        organization_id = requests[0].organization_id
+        if any(r.organization_id != organization_id for r in requests):
+            raise ValueError("park_known takes one organization's imports")
+        org = self.settings.organization(organization_id)
+        denied = self.limiter.stopped(organization_id, org)
+        if denied is None or not (denied.parks or denied.retry_after > PARK_AFTER_SECONDS):
+            return []
+        distinct: dict[tuple[str, str, str], ImportRequest] = {}
+        for request in requests:
+            distinct.setdefault(request.key, request)
+        why = DENIALS.get(denied.reason, denied.reason)
+        done = Completion(
+            Status.RETRYING,
+            parked=True,
+            next_attempt_at=denied.until,
+            error=ImportError_(message=why, category="rate_limited"),
+            detail=f"Not sent to Zoho now: {why}. Next attempt in "
+            f"{math.ceil(denied.retry_after)} s.",
+        )
+        chosen = list(distinct.values())[:MAX_PARKED_AT_ONCE]
+        try:
+            if not self.ledger.park(chosen, done):
+                return []
+        except (ClientError, BotoCoreError):
+            logger.warning(
+                "could not park imports together; each takes its own attempt",
+                extra={"organization_id": organization_id, "imports": len(chosen)},
+                exc_info=True,
+            )
+            return []
+        outcomes = []
+        for request in chosen:
+            self._count_as(request.kind, Status.RETRYING)
+            outcomes.append(
+                ImportOutcome(
+                    request,
+                    None,
+                    "retry_later",
+                    retry_after=max(denied.retry_after, 1.0),
+                    error=done.error,
+                    rate_limited=True,
+                    parked=True,
+                )
+            )
+        return outcomes
+
     def _come_back_in(self, when: float | None, held: Reservation | None) -> float:
         """Seconds until the retry: for a held slot, whole seconds that land at most a second
         before its turn (queue delays are whole seconds; the attempt waits for the turn)."""
@@ -973,9 +1043,12 @@ class Attempt:
         return max(epoch(when) - self._clock(), 1.0) if when else 5.0
 
     def _count(self, record: ImportRecord) -> None:
-        if record.status is Status.SUCCEEDED:
+        self._count_as(record.kind, record.status)
+
+    def _count_as(self, kind: str, status: Status) -> None:
+        if status is Status.SUCCEEDED:
             metrics.add_metric(name=METRIC_IMPORT_SUCCEEDED, unit="Count", value=1)
-        elif record.status is Status.FAILED:
+        elif status is Status.FAILED:
             metrics.add_metric(name=METRIC_IMPORT_FAILED, unit="Count", value=1)
         # The same outcome by kind: its own EMF line, so the alarms' metrics keep one dimension.
         # Printed under the log handler's lock: a batch's lanes print at once, and `print`
@@ -990,8 +1063,8 @@ class Attempt:
                 default_dimensions={"service": SERVICE_NAME},
             ) as metric,
         ):
-            metric.add_dimension(name="kind", value=record.kind)
-            metric.add_dimension(name="outcome", value=record.status.value)
+            metric.add_dimension(name="kind", value=kind)
+            metric.add_dimension(name="outcome", value=status.value)
 
 
 def _rate(answer: ZohoAnswer) -> bool:

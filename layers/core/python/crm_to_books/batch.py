@@ -45,8 +45,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from crm_to_books import triggers
 from crm_to_books.errors import InvalidRequest, UnknownOrganization
 from crm_to_books.limiter import Reservation
+from crm_to_books.models import ImportRequest
 from crm_to_books.observability import logger, metrics, tracer
-from crm_to_books.ports import ImporterLike
+from crm_to_books.ports import ImporterLike, OutcomeLike
 from crm_to_books.topology import (
     BATCH_SIZE,
     FUNCTION_TIMEOUT_SECONDS,
@@ -83,12 +84,17 @@ def process_batch(
 ) -> PartialItemFailureResponse:
     # Records are parsed here, not by a BatchProcessor model: a parse failure there would be a
     # batch item failure, and a poison message would come back until the DLQ.
+    parked: dict[str, OutcomeLike] = {}  # message id -> parked with others, before its turn
     processor = ParallelBatchProcessor(
-        event_type=EventType.SQS, raise_on_entire_batch_failure=False, kind=kind
+        event_type=EventType.SQS,
+        raise_on_entire_batch_failure=False,
+        kind=kind,
+        importer=importer,
+        parked=parked,
     )
     return process_partial_response(
         event={**event, "Records": turns_first(event.get("Records") or [])},
-        record_handler=_record_handler(importer, kind, sqs, context),
+        record_handler=_record_handler(importer, kind, sqs, context, parked),
         processor=processor,
         context=context,
     )
@@ -100,9 +106,18 @@ class ParallelBatchProcessor(BatchProcessor):
     organization's records one after the other in its lane, in `turns_first` order. Each
     record's outcome is its own: one that raises is that record's failure only."""
 
-    def __init__(self, *args: Any, kind: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        kind: str,
+        importer: ImporterLike | None = None,
+        parked: dict[str, OutcomeLike] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._kind = kind
+        self._importer = importer
+        self._parked = parked if parked is not None else {}  # message id -> parked together
 
     def process(self) -> list[tuple[Any, ...]]:
         lanes = self._lanes() if len(self.records) > 1 else [self.records]
@@ -129,9 +144,44 @@ class ParallelBatchProcessor(BatchProcessor):
 
     def _process_lane(self, lane: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         try:
-            return [self._process_record(record) for record in lane]
+            done: list[tuple[Any, ...]] = []
+            # Before the first record, and once more after the first parked by its own attempt
+            # (which saw the park): a transaction that failed twice is not tried again.
+            asks, ask = 2, True
+            for i, record in enumerate(lane):
+                if ask:
+                    asks -= 1
+                    self._park_together(lane[i:])
+                together = record["messageId"] in self._parked
+                done.append(self._process_record(record))
+                ask = asks > 0 and done[-1][1] == "parked" and not together
+            return done
         finally:
             logger.thread_safe_clear_keys()  # what this thread logs next is not the lane's
+
+    def _park_together(self, records: list[dict[str, Any]]) -> None:
+        """Before the lane's first record, and after the first parked: the lane's records yet to
+        run that this container's view shows may not be sent before a park's end (their
+        organization parked at its daily cap) are parked together, in one transaction
+        (`Attempt.park_known`), instead of a lease and a park each; the handler then reports
+        them parked. Not a record parked so already, nor one that carries a turn, nor one that
+        does not parse (each takes its own path)."""
+        if self._importer is None:
+            return
+        requests: dict[int, tuple[str, ImportRequest]] = {}
+        for raw in records:
+            if _carried(raw, "") is not None or raw["messageId"] in self._parked:
+                continue
+            try:
+                request = triggers.from_sqs_record(raw, self._kind)
+                self._importer.settings.organization(request.organization_id)
+            except (InvalidRequest, UnknownOrganization):
+                continue
+            requests[id(request)] = (raw["messageId"], request)
+        if not requests:
+            return
+        for outcome in self._importer.park_known([r for _, r in requests.values()]):
+            self._parked[requests[id(outcome.request)][0]] = outcome
 
 
 def turns_first(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -154,7 +204,11 @@ def _carried(raw: dict[str, Any], organization_id: str) -> Reservation | None:
 
 
 def _record_handler(
-    importer: ImporterLike, kind: str, sqs: SQSClient, context: LambdaContext | None
+    importer: ImporterLike,
+    kind: str,
+    sqs: SQSClient,
+    context: LambdaContext | None,
+    parked: dict[str, OutcomeLike] | None = None,
 ) -> Callable[[SQSRecord], str]:
     budget_ms = 1000 * (
         importer.settings.zoho_connect_timeout + importer.settings.zoho_read_timeout + 2
@@ -163,6 +217,13 @@ def _record_handler(
     def handle(record: SQSRecord) -> str:
         # Per thread: the batch's records are imported at once, each logs as its own.
         logger.thread_safe_append_keys(correlation_id=record.message_id)
+        together = (parked or {}).pop(record.message_id, None)
+        if together is not None:  # parked with the lane's others: the re-drive job owns it
+            request = together.request
+            logger.thread_safe_append_keys(correlation_id=request.correlation_id)
+            log = {"kind": request.kind, "crm_id": request.crm_id, "result": together.result}
+            logger.info("import parked", extra={**log, "together": True})
+            return "parked"
         message = MessageHolder(sqs, record)
         if context is not None and context.get_remaining_time_in_millis() < budget_ms:
             # Not started: another invocation takes it (with the rate slot held for it).

@@ -38,6 +38,8 @@ from crm_to_books.topology import LEDGER_STATUS_INDEX
 KEEP_CORRELATION_IDS = 10
 BATCH_GET_KEYS = 100  # DynamoDB BatchGetItem's limit
 WRITE_TRIES = 5  # a transaction lost to a conflict or a throttle is tried this often
+MAX_PARKED_AT_ONCE = 100  # DynamoDB's most writes in one transaction
+PARK_TRIES = 3  # `park`'s transaction lost to a conflict or a throttle: then each record alone
 _RECORD_FIELDS = set(ImportRecord.model_fields)
 _RETRYABLE = {
     "TransactionConflict",
@@ -58,6 +60,37 @@ def iso(epoch: float) -> str:
 
 def _key(organization_id: str, kind: str, crm_id: str) -> dict[str, str]:
     return {"pk": f"ORG#{organization_id}", "sk": f"{kind}#{crm_id}"}
+
+
+def _identity(request: ImportRequest, status: Status, now: float) -> dict[str, Any]:
+    org, kind, crm_id = request.key
+    return {
+        "organization_id": org,
+        "kind": kind,
+        "crm_id": crm_id,
+        "status": status.value,
+        "org_status": f"{org}#{status.value}",
+        "updated_at": iso(now),
+    }
+
+
+def _arrival(
+    request: ImportRequest, sets: dict[str, Any]
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """A write of a record a request may be creating (`begin`, `park`): `sets`, the record's
+    creation time if it is new, the request's correlation id appended and its source added. The
+    update expression, its names and its values."""
+    expression = "SET " + ", ".join(f"#{k} = :{k}" for k in sets)
+    expression += ", created_at = if_not_exists(created_at, :updated_at)"
+    expression += ", correlation_ids = list_append(if_not_exists(correlation_ids, :none), :cid)"
+    expression += " ADD sources :src"
+    values = {f":{k}": v for k, v in sets.items()}
+    values |= {
+        ":none": [],
+        ":cid": [request.correlation_id] if request.correlation_id else [],
+        ":src": {request.source},
+    }
+    return expression, {f"#{k}": k for k in sets}, values
 
 
 def to_record(item: dict[str, Any]) -> ImportRecord:
@@ -152,31 +185,15 @@ class Ledger:
         now = self._clock()
         org, kind, crm_id = request.key
         sets = {
-            "organization_id": org,
-            "kind": kind,
-            "crm_id": crm_id,
-            "status": Status.IN_PROGRESS.value,
-            "org_status": f"{org}#{Status.IN_PROGRESS.value}",
+            **_identity(request, Status.IN_PROGRESS, now),
             "lease_owner": owner,
             "lease_until": now + lease_seconds,
-            "updated_at": iso(now),
             "parked": False,
             "in_dlq": False,  # a new attempt: whatever dead-lettered it is behind it
         }
-        names = {f"#{k}": k for k in sets}
-        values = {f":{k}": v for k, v in sets.items()}
-        expression = "SET " + ", ".join(f"#{k} = :{k}" for k in sets)
-        expression += ", created_at = if_not_exists(created_at, :updated_at)"
-        expression += ", correlation_ids = list_append(if_not_exists(correlation_ids, :none), :cid)"
-        expression += " ADD sources :src"
-        cid = [request.correlation_id] if request.correlation_id else []
-        values |= {
-            ":none": [],
-            ":cid": cid,
-            ":src": {request.source},
-            ":succeeded": Status.SUCCEEDED.value,
-            ":now": now,
-        }
+        expression, names, values = _arrival(request, sets)
+        cid = values[":cid"]
+        values |= {":succeeded": Status.SUCCEEDED.value, ":now": now}
         try:
             answer = self.client.update_item(
                 TableName=self._table,
@@ -311,6 +328,64 @@ class Ledger:
         for name in removes:
             item.pop(name, None)
         return to_record(item)
+
+    def park(self, requests: Iterable[ImportRequest], done: Completion) -> bool:
+        """Park queued imports the limiter says nobody may send before `done.next_attempt_at`
+        (an organization parked, or out of calls for the day): one transaction of one
+        conditional write each (`MAX_PARKED_AT_ONCE` at most, each record once), no lease, as
+        `complete` would write them, the re-drive job their owner. A record that is
+        `succeeded`, `in_progress` (its lease may have outlived its holder: only `begin` can
+        tell which, and what it owes), or keeps its full list of correlation ids makes the
+        whole transaction fail: False, nothing written, and each import takes the path of
+        one (`begin`). Conflicts and throttles are tried again (`PARK_TRIES`), then False too."""
+        if done.status is not Status.RETRYING or not done.parked or not done.next_attempt_at:
+            raise ValueError("park writes a parked retry with its time")
+        now = self._clock()
+        error = done.error.model_dump(exclude_none=True) if done.error else None
+        writes = []
+        for request in requests:
+            sets = {
+                **_identity(request, done.status, now),
+                "parked": True,
+                "in_dlq": False,
+                "next_attempt_at": iso(done.next_attempt_at),
+                "next_attempt_epoch": done.next_attempt_at,
+                **({"last_error": error} if error else {}),
+                **({"detail": done.detail} if done.detail else {}),
+            }
+            expression, names, values = _arrival(request, sets)
+            values |= {
+                ":succeeded": Status.SUCCEEDED.value,
+                ":in_progress": Status.IN_PROGRESS.value,
+                ":keep": KEEP_CORRELATION_IDS,
+            }
+            update = {
+                "TableName": self._table,
+                "Key": dynamo.dump(_key(*request.key)),
+                "UpdateExpression": expression,
+                "ConditionExpression": "attribute_not_exists(pk) OR (#status <> :succeeded AND "
+                "#status <> :in_progress AND (attribute_not_exists(correlation_ids) OR "
+                "size(correlation_ids) < :keep))",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": dynamo.dump_values(values),
+            }
+            writes.append({"Update": update})
+        keys = {str(w["Update"]["Key"]) for w in writes}
+        if not writes or len(writes) > MAX_PARKED_AT_ONCE or len(keys) < len(writes):
+            raise ValueError(f"park takes 1 to {MAX_PARKED_AT_ONCE} distinct records")
+        for attempt in range(PARK_TRIES):
+            try:
+                self.client.transact_write_items(TransactItems=writes)
+                return True
+            except ClientError as exc:
+                reasons = dynamo.transaction_reasons(exc)
+                if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+                    return False
+                if not _retryable(exc):
+                    raise
+            if attempt < PARK_TRIES - 1:
+                self._sleep(random.uniform(0, 0.05 * 2**attempt))
+        return False
 
     def abandon(self, claim: Claim, permit: Any = None) -> bool:
         """Undo `begin` when the attempt did nothing the record must remember (a synchronous

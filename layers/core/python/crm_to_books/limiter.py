@@ -533,6 +533,19 @@ class RateLimiter:
         return pocket.pop(0)
 
     @_locked
+    def stopped(self, organization_id: str, org: Organization) -> Denied | None:
+        """Why nobody may call for the organization now, as this container last saw it (no
+        read): Zoho said stop, or the day's calls are spent. A park and the day's count only
+        grow, so a view of any age proves it (`_View.proves`); None when this container never
+        saw the item, or saw no such stop."""
+        known = self._known.get(organization_id)
+        if known is None:
+            return None
+        item, seen = known
+        now = self._clock()
+        return _View.of(item, now, self._window, seen, self._lease, self._hold).stops(org, now)
+
+    @_locked
     def release_update(self, permit: Permit) -> dict[str, Any]:
         """The release as a TransactWriteItems `Update`, to ride along the ledger write."""
         now = self._clock()
@@ -635,8 +648,16 @@ class RateLimiter:
             )
         except ClientError as exc:
             if not dynamo.condition_failed(exc):
-                raise  # already blocked for longer: nothing to do
-        self._known.pop(organization_id, None)
+                raise
+            self._known.pop(organization_id, None)  # already blocked for longer: look again
+            return
+        known = self._known.get(organization_id)
+        if known is not None:  # the park as written: the lane's next imports park together
+            item, seen = known
+            self._known[organization_id] = (
+                {**item, "parked_until": until, "park_reason": reason},
+                seen,
+            )
 
     def _read(self, organization_id: str) -> dict[str, Any]:
         answer = self.client.get_item(

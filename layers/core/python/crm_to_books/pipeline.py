@@ -12,7 +12,7 @@ They share one ledger, limiter and token provider, built here with production de
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from crm_to_books.attempt import Attempt, ImportOutcome
@@ -91,6 +91,9 @@ class Importer:
             holder=holder,
             reservation=reservation,
         )
+
+    def park_known(self, requests: Sequence[ImportRequest]) -> list[ImportOutcome]:
+        return self.attempt.park_known(requests)
 
     def accept(self, request: ImportRequest) -> ImportRecord:
         return self.intake.accept(request)
