@@ -113,6 +113,21 @@ def test_records_parked_together_are_deleted_without_an_attempt_of_their_own(
     assert [r.crm_id for r, _ in (c[1] for c in importer.calls if c[0] == "run")] == ["1", "4"]
 
 
+def test_if_parking_together_fails_each_record_takes_its_own_attempt(
+    importer: FakeImporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(requests: Any) -> Any:
+        raise RuntimeError("DynamoDB said something new")
+
+    monkeypatch.setattr(importer, "park_known", broken)
+    records = [sqs_record({"organization_id": ORG, "crm_id": c}) for c in ("1", "2")]
+
+    response = run(importer, *records)
+
+    assert failures(response) == []
+    assert [c[1][0].crm_id for c in importer.calls if c[0] == "run"] == ["1", "2"]
+
+
 def test_after_a_record_parks_the_lanes_rest_are_asked_about_again(
     importer: FakeImporter,
 ) -> None:

@@ -180,7 +180,15 @@ class ParallelBatchProcessor(BatchProcessor):
             requests[id(request)] = (raw["messageId"], request)
         if not requests:
             return
-        for outcome in self._importer.park_known([r for _, r in requests.values()]):
+        org = next(iter(requests.values()))[1].organization_id
+        try:
+            parked = self._importer.park_known(
+                [r for _, r in requests.values() if r.organization_id == org]
+            )
+        except Exception:  # each import then takes its own attempt, which is always safe
+            logger.exception("parking a lane's imports together failed")
+            return
+        for outcome in parked:
             self._parked[requests[id(outcome.request)][0]] = outcome
 
 
