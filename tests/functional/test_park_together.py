@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 
-from crm_to_books.ledger import Completion, epoch
+from crm_to_books.ledger import Claim, Completion, epoch
 from crm_to_books.limiter import next_utc_midnight
 from crm_to_books.models import ImportError_, ImportRequest, Status
 from crm_to_books.pipeline import Importer
@@ -130,7 +130,7 @@ def test_the_lane_parks_the_rest_together_once_its_first_record_finds_the_park(
         assert record and record.status is Status.RETRYING and record.parked, n
 
 
-def test_a_record_imported_already_is_never_overwritten_and_answers_as_imported(
+def test_a_record_imported_already_is_never_overwritten_and_the_others_park_together(
     importer: Importer, sandbox: ZohoSandbox, queue: str
 ) -> None:
     at_the_daily_cap(importer, sandbox, queue)
@@ -138,7 +138,8 @@ def test_a_record_imported_already_is_never_overwritten_and_answers_as_imported(
     before = importer.ledger.get(ORG, "account", "7300")
     records = send(queue, "7330", "7300", "7331")
 
-    answer = importer_fn.handler(sqs_event(*records), CONTEXT, importer=importer)
+    with dynamodb_calls(importer) as calls:
+        answer = importer_fn.handler(sqs_event(*records), CONTEXT, importer=importer)
 
     assert answer == {"batchItemFailures": []}
     after = importer.ledger.get(ORG, "account", "7300")
@@ -146,10 +147,13 @@ def test_a_record_imported_already_is_never_overwritten_and_answers_as_imported(
     for crm_id in ("7330", "7331"):
         record = importer.ledger.get(ORG, "account", crm_id)
         assert record and record.status is Status.RETRYING and record.parked, crm_id
+    # Refused with 7300 (DynamoDB names it), written without it; 7300's own attempt finds it
+    # imported (its lease refused).
+    assert calls == {"TransactWriteItems": 2, "UpdateItem": 1}
 
 
 # --- the ledger's write -------------------------------------------------------------------------
-def park(importer: Importer, *crm_ids: str) -> bool:
+def park(importer: Importer, *crm_ids: str, correlation_id: str = "m") -> list[str]:
     until = importer.ledger._clock() + 6 * 3600
     done = Completion(
         Status.RETRYING,
@@ -159,66 +163,79 @@ def park(importer: Importer, *crm_ids: str) -> bool:
         detail="Not sent to Zoho now.",
     )
     requests = [
-        ImportRequest(kind="account", organization_id=ORG, crm_id=c, correlation_id=f"m-{c}")
+        ImportRequest(
+            kind="account", organization_id=ORG, crm_id=c, correlation_id=f"{correlation_id}-{c}"
+        )
         for c in crm_ids
     ]
-    return importer.ledger.park(requests, done)
+    parked = importer.ledger.park(requests, done, unless=("connection_broken", "scope_missing"))
+    return [r.crm_id for r in parked]
 
 
-def test_park_keeps_what_the_record_owes_and_adds_the_request(importer: Importer) -> None:
+def attempted(importer: Importer, crm_id: str, done: Completion, owner: str = "o") -> None:
+    """An attempt of the record's own, ended as `done`."""
+    request = ImportRequest(
+        kind="account", organization_id=ORG, crm_id=crm_id, correlation_id=f"a-{owner}"
+    )
+    claim = importer.ledger.begin(request, owner, 60, 30)
+    assert isinstance(claim, Claim)
+    importer.ledger.complete(claim, done)
+
+
+def test_park_keeps_what_the_record_counts_and_adds_the_request(importer: Importer) -> None:
     ledger = importer.ledger
-    claim = ledger.begin(
-        ImportRequest(kind="account", organization_id=ORG, crm_id="7340", correlation_id="a"),
-        "owner",
-        60,
-        30,
+    waited = Completion(
+        Status.RETRYING, next_attempt_at=ledger._clock() + 5, zoho_calls=1, retries=1
     )
-    assert not isinstance(claim, type(None))
-    ledger.complete(
-        claim,  # type: ignore[arg-type]
-        Completion(
-            Status.RETRYING,
-            needs_lookup=True,
-            lookup_after=ledger._clock() + 30,
-            next_attempt_at=ledger._clock() + 5,
-            zoho_calls=1,
-            retries=1,
-        ),
-    )
+    attempted(importer, "7340", waited)
 
-    assert park(importer, "7340", "7341")
+    assert park(importer, "7340", "7341") == ["7340", "7341"]
 
-    owed = ledger.get(ORG, "account", "7340")
-    assert owed and owed.parked and owed.status is Status.RETRYING
-    assert owed.needs_lookup and owed.attempts == 1  # the next attempt looks it up first
-    assert owed.correlation_ids == ["a", "m-7340"]
+    before = ledger.get(ORG, "account", "7340")
+    assert before and before.parked and before.status is Status.RETRYING
+    assert before.attempts == 1 and before.last_error and before.last_error.category == "x"
+    assert before.correlation_ids == ["a-o", "m-7340"]
     new = ledger.get(ORG, "account", "7341")
     assert new and new.parked and not new.needs_lookup and new.attempts == 0
     assert new.correlation_ids == ["m-7341"] and new.created_at
 
 
-@pytest.mark.parametrize("blocker", ["in_progress", "full_history"])
-def test_park_writes_nothing_when_one_record_may_not_be_parked(
+BLOCKERS = ["succeeded", "in_progress", "needs_lookup", "scope_missing", "full_history"]
+
+
+@pytest.mark.parametrize("blocker", BLOCKERS)
+def test_park_writes_the_others_and_leaves_a_record_it_may_not_park_to_its_own_attempt(
     importer: Importer, blocker: str
 ) -> None:
     ledger = importer.ledger
-    for n in range(10 if blocker == "full_history" else 1):
-        claim = ledger.begin(
-            ImportRequest(
-                kind="account", organization_id=ORG, crm_id="7350", correlation_id=f"{n}"
-            ),
-            f"owner-{n}",
-            600,
-            30,
+    later = ledger._clock() + 60
+    if blocker == "succeeded":
+        attempted(importer, "7350", Completion(Status.SUCCEEDED, books_id="46", zoho_calls=1))
+    elif blocker == "in_progress":  # a live lease
+        request = ImportRequest(kind="account", organization_id=ORG, crm_id="7350")
+        assert isinstance(ledger.begin(request, "live", 600, 30), Claim)
+    elif blocker == "needs_lookup":  # an earlier outcome unknown
+        owed = Completion(Status.RETRYING, needs_lookup=True, lookup_after=later, zoho_calls=1)
+        attempted(importer, "7350", owed)
+    elif blocker == "scope_missing":  # its own record says what fixes it
+        error = ImportError_(message="the token lacks a scope", category="scope_missing")
+        attempted(
+            importer,
+            "7350",
+            Completion(Status.RETRYING, parked=True, next_attempt_at=later, error=error),
         )
-        if blocker == "full_history":
-            ledger.complete(claim, Completion(Status.RETRYING, next_attempt_at=1.0))  # type: ignore[arg-type]
+    else:  # each park appends a correlation id: 20 at most
+        attempted(importer, "7350", Completion(Status.RETRYING, next_attempt_at=later))
+        for n in range(19):
+            assert park(importer, "7350", correlation_id=str(n)) == ["7350"]
     before = ledger.get(ORG, "account", "7350")
 
-    assert park(importer, "7351", "7350") is False
+    assert park(importer, "7351", "7350", "7352") == ["7351", "7352"]
 
     assert ledger.get(ORG, "account", "7350") == before
-    assert ledger.get(ORG, "account", "7351") is None
+    for crm_id in ("7351", "7352"):
+        record = ledger.get(ORG, "account", crm_id)
+        assert record and record.parked, crm_id
 
 
 def test_park_refuses_twins_rather_than_write_one_record_twice(importer: Importer) -> None:

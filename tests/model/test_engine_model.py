@@ -442,7 +442,10 @@ def _quiet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(observability.metrics, "add_metric", lambda **_: None)
     monkeypatch.setattr(attempt, "single_metric", lambda **_: contextlib.nullcontext(_NoMetric()))
+    service = logging.getLogger("crm-to-books")
+    level = service.level
     yield
+    service.setLevel(level)  # the model silences it: the tests after it read its lines
 
 
 class _NoMetric:

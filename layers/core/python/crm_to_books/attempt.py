@@ -804,9 +804,10 @@ class Attempt:
         daily cap then costs a fraction of a call per message, and does not hold up another
         organization's imports behind it in the queue. Each record once (a twin takes its own
         attempt). None parked when the view shows no such stop, or when the transaction does not
-        write (a record imported already or in progress, a throttle that lasts): each import
-        then takes its own attempt, as before. The record keeps what it owes (`needs_lookup`):
-        the attempt after the park looks it up first. The parked imports' outcomes."""
+        write (a throttle that lasts): each import then takes its own attempt, as before; so
+        does a record the ledger will not park with others (imported already, in progress,
+        owing a look-up, parked on a broken connection or a missing scope, whose own attempt
+        says what fixes it: `Ledger.park`). The parked imports' outcomes."""
         if not requests:
             return []
         organization_id = requests[0].organization_id
@@ -830,8 +831,7 @@ class Attempt:
         )
         chosen = list(distinct.values())[:MAX_PARKED_AT_ONCE]
         try:
-            if not self.ledger.park(chosen, done):
-                return []
+            chosen = self.ledger.park(chosen, done, unless=(CONNECTION_BROKEN, SCOPE_MISSING))
         except (ClientError, BotoCoreError):
             logger.warning(
                 "could not park imports together; each takes its own attempt",

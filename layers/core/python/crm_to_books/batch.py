@@ -168,20 +168,20 @@ class ParallelBatchProcessor(BatchProcessor):
         does not parse (each takes its own path)."""
         if self._importer is None:
             return
-        requests: dict[int, tuple[str, ImportRequest]] = {}
-        for raw in records:
-            if _carried(raw, "") is not None or raw["messageId"] in self._parked:
-                continue
-            try:
-                request = triggers.from_sqs_record(raw, self._kind)
-                self._importer.settings.organization(request.organization_id)
-            except (InvalidRequest, UnknownOrganization):
-                continue
-            requests[id(request)] = (raw["messageId"], request)
-        if not requests:
-            return
-        org = next(iter(requests.values()))[1].organization_id
         try:
+            requests: dict[int, tuple[str, ImportRequest]] = {}
+            for raw in records:
+                if _carried(raw, "") is not None or raw["messageId"] in self._parked:
+                    continue
+                try:
+                    request = triggers.from_sqs_record(raw, self._kind)
+                    self._importer.settings.organization(request.organization_id)
+                except (InvalidRequest, UnknownOrganization):
+                    continue
+                requests[id(request)] = (raw["messageId"], request)
+            if not requests:
+                return
+            org = next(iter(requests.values()))[1].organization_id
             parked = self._importer.park_known(
                 [r for _, r in requests.values() if r.organization_id == org]
             )

@@ -329,20 +329,27 @@ class Ledger:
             item.pop(name, None)
         return to_record(item)
 
-    def park(self, requests: Iterable[ImportRequest], done: Completion) -> bool:
+    def park(
+        self,
+        requests: Iterable[ImportRequest],
+        done: Completion,
+        unless: tuple[str, ...] = (),
+    ) -> builtins.list[ImportRequest]:
         """Park queued imports the limiter says nobody may send before `done.next_attempt_at`
         (an organization parked, or out of calls for the day): one transaction of one
-        conditional write each (`MAX_PARKED_AT_ONCE` at most, each record once), no lease, as
-        `complete` would write them, the re-drive job their owner. A record that is
-        `succeeded`, `in_progress` (its lease may have outlived its holder: only `begin` can
-        tell which, and what it owes), or keeps its full list of correlation ids makes the
-        whole transaction fail: False, nothing written, and each import takes the path of
-        one (`begin`). Conflicts and throttles are tried again (`PARK_TRIES`), then False too."""
+        conditional write each (`MAX_PARKED_AT_ONCE` at most, each record once), no lease, the
+        re-drive job their owner. The imports parked; the others take their own attempt
+        (`begin`). Refused, and tried again without it: a record `succeeded`; `in_progress`
+        (its lease may have outlived its holder: only `begin` can tell which, and what it
+        owes); owing a look-up (`needs_lookup`: its own attempt's record says so); parked for
+        a cause in `unless` (its own attempt says what fixes it); or holding
+        `2 * KEEP_CORRELATION_IDS` correlation ids (each park appends one; `begin` trims).
+        Conflicts and throttles are tried again; `PARK_TRIES` transactions at most."""
         if done.status is not Status.RETRYING or not done.parked or not done.next_attempt_at:
             raise ValueError("park writes a parked retry with its time")
         now = self._clock()
         error = done.error.model_dump(exclude_none=True) if done.error else None
-        writes = []
+        pending: builtins.list[tuple[ImportRequest, dict[str, Any]]] = []
         for request in requests:
             sets = {
                 **_identity(request, done.status, now),
@@ -354,38 +361,56 @@ class Ledger:
                 **({"detail": done.detail} if done.detail else {}),
             }
             expression, names, values = _arrival(request, sets)
-            values |= {
+            causes = {f":unless{i}": c for i, c in enumerate(unless)}
+            values |= causes | {
                 ":succeeded": Status.SUCCEEDED.value,
                 ":in_progress": Status.IN_PROGRESS.value,
-                ":keep": KEEP_CORRELATION_IDS,
+                ":most": 2 * KEEP_CORRELATION_IDS,
+                ":t": True,
             }
+            condition = (
+                "attribute_not_exists(pk) OR (#status <> :succeeded AND #status <> :in_progress "
+                "AND (attribute_not_exists(needs_lookup) OR needs_lookup <> :t) "
+                "AND (attribute_not_exists(correlation_ids) OR size(correlation_ids) < :most)"
+            )
+            if causes:
+                condition += (
+                    " AND (attribute_not_exists(#last_error.category) OR NOT "
+                    f"#last_error.category IN ({', '.join(causes)}))"
+                )
+                names["#last_error"] = "last_error"
             update = {
                 "TableName": self._table,
                 "Key": dynamo.dump(_key(*request.key)),
                 "UpdateExpression": expression,
-                "ConditionExpression": "attribute_not_exists(pk) OR (#status <> :succeeded AND "
-                "#status <> :in_progress AND (attribute_not_exists(correlation_ids) OR "
-                "size(correlation_ids) < :keep))",
+                "ConditionExpression": condition + ")",
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": dynamo.dump_values(values),
             }
-            writes.append({"Update": update})
-        keys = {str(w["Update"]["Key"]) for w in writes}
-        if not writes or len(writes) > MAX_PARKED_AT_ONCE or len(keys) < len(writes):
+            pending.append((request, {"Update": update}))
+        if not 0 < len(pending) <= MAX_PARKED_AT_ONCE or len({r.key for r, _ in pending}) < len(
+            pending
+        ):
             raise ValueError(f"park takes 1 to {MAX_PARKED_AT_ONCE} distinct records")
         for attempt in range(PARK_TRIES):
             try:
-                self.client.transact_write_items(TransactItems=writes)
-                return True
+                self.client.transact_write_items(TransactItems=[w for _, w in pending])
+                return [r for r, _ in pending]
             except ClientError as exc:
                 reasons = dynamo.transaction_reasons(exc)
-                if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
-                    return False
+                refused = {
+                    i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"
+                }
+                if refused:  # in the order of the writes: the others at once, without them
+                    pending = [p for i, p in enumerate(pending) if i not in refused]
+                    if not pending:
+                        return []
+                    continue
                 if not _retryable(exc):
                     raise
             if attempt < PARK_TRIES - 1:
                 self._sleep(random.uniform(0, 0.05 * 2**attempt))
-        return False
+        return []
 
     def abandon(self, claim: Claim, permit: Any = None) -> bool:
         """Undo `begin` when the attempt did nothing the record must remember (a synchronous
