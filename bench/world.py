@@ -493,7 +493,7 @@ def _park_together(
     """As the SQS handler does (`batch.ParallelBatchProcessor`): the lane's messages yet to run
     that its container's view shows parked, parked together. Their requests' ids."""
     rest = [m.request for m in messages if m.held is None and id(m.request) not in together]
-    if not rest:
+    if len(messages) < 2 or not rest:
         return set()
     current.org = rest[0].organization_id
     parked = importer.park_known(rest)

@@ -116,3 +116,46 @@ def test_a_burst_over_the_limit_waits_for_turns_and_imports_each_record_once(
     assert any("turn_at" in line for line in turns), turns
     # ... and none was lost to the DLQ on the way
     assert queue_depth(stack, stack.dlq_urls["contact"]) == 0
+
+
+def test_a_backlog_at_the_daily_cap_is_parked_together_and_leaves_the_queue(
+    stack: LocalStack, logs: Logs
+) -> None:
+    # Given the organization's day spent: Zoho answers its next import 429 code 45
+    sandbox = stack.sandbox
+    assert sandbox is not None
+    organization_id = BUSY.organization_id
+    spent = int(sandbox.counters()["daily_requests"].get(organization_id, 0))
+    sandbox.set_limits(organization_id, daily_limit=max(spent, 1))
+    sqs = stack.client("sqs")
+    crm_ids = [new_id() for _ in range(10)]
+
+    # When a backlog arrives in one batch
+    sqs.send_message_batch(
+        QueueUrl=stack.queue_urls["contact"],
+        Entries=[
+            {
+                "Id": str(i),
+                "MessageBody": json.dumps({"organization_id": organization_id, "crm_id": c}),
+            }
+            for i, c in enumerate(crm_ids)
+        ],
+    )
+
+    # Then each is parked until midnight for the re-drive job, none imported, the queue empty
+    def all_parked() -> bool:
+        return all(
+            (found := record(stack, "contact", crm_id, organization_id)) is not None
+            and found["status"] == "retrying"
+            and found["parked"]
+            for crm_id in crm_ids
+        )
+
+    wait_until(all_parked, "10 contacts parked", timeout=60, interval=0.5)
+    assert queue_depth(stack, stack.queue_urls["contact"]) == 0
+    assert queue_depth(stack, stack.dlq_urls["contact"]) == 0
+    imports = sandbox.counters()["imports"].get(organization_id, {}).get("contact", {})
+    assert not any(imports.get(c) for c in crm_ids)
+    # ... the first by its own attempt (Zoho said 429 code 45), the rest together with it
+    together = logs.records("e2e-limits-contact-import", message="import parked", together=True)
+    assert {line["crm_id"] for line in together} & set(crm_ids), together

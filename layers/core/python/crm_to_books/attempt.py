@@ -728,14 +728,19 @@ class Attempt:
         )
 
     def _denied(self, run: _Run, denied: Denied) -> Completion:
+        return self._denial(denied, self._not_done(run), run.claim.retries)
+
+    @staticmethod
+    def _denial(denied: Denied, owed: str, retries: int) -> Completion:
+        """The limiter said no: a retry when it says, parked if that is far off."""
         why = DENIALS.get(denied.reason, denied.reason)
         return Completion(
             Status.RETRYING,
             parked=denied.parks or denied.retry_after > PARK_AFTER_SECONDS,
             next_attempt_at=denied.until,
-            retries=run.claim.retries,
+            retries=retries,
             error=ImportError_(message=why, category="rate_limited"),
-            detail=f"Not sent to Zoho now: {why}. {self._not_done(run)}Next attempt in "
+            detail=f"Not sent to Zoho now: {why}. {owed}Next attempt in "
             f"{math.ceil(denied.retry_after)} s.",
         )
 
@@ -821,15 +826,7 @@ class Attempt:
         distinct: dict[tuple[str, str, str], ImportRequest] = {}
         for request in requests:
             distinct.setdefault(request.key, request)
-        why = DENIALS.get(denied.reason, denied.reason)
-        done = Completion(
-            Status.RETRYING,
-            parked=True,
-            next_attempt_at=denied.until,
-            error=ImportError_(message=why, category="rate_limited"),
-            detail=f"Not sent to Zoho now: {why}. Next attempt in "
-            f"{math.ceil(denied.retry_after)} s.",
-        )
+        done = self._denial(denied, owed="", retries=0)  # `park` keeps the record's retries
         chosen = list(distinct.values())[:MAX_PARKED_AT_ONCE]
         try:
             chosen = self.ledger.park(chosen, done, unless=(CONNECTION_BROKEN, SCOPE_MISSING))

@@ -165,9 +165,9 @@ class ParallelBatchProcessor(BatchProcessor):
         organization parked at its daily cap) are parked together, in one transaction
         (`Attempt.park_known`), instead of a lease and a park each; the handler then reports
         them parked. Not a record parked so already, nor one that carries a turn, nor one that
-        does not parse (each takes its own path)."""
-        if self._importer is None:
-            return
+        does not parse (each takes its own path), nor a last record alone."""
+        if self._importer is None or len(records) < 2:
+            return  # one record: its own attempt parks it, with no parse of it here first
         try:
             requests: dict[int, tuple[str, ImportRequest]] = {}
             for raw in records:
