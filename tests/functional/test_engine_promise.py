@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from crm_to_books import batch, dynamo
-from crm_to_books.ledger import epoch
+from crm_to_books.ledger import AlreadySucceeded, Busy, epoch
 from crm_to_books.models import ImportRequest, Status
 from crm_to_books.pipeline import Importer
 from crm_to_books.settings import Settings
@@ -565,18 +565,8 @@ def test_a_message_that_cannot_be_told_when_makes_the_record_say_when_it_comes_b
     assert epoch(kept.next_attempt_at) - clock() >= QUEUE_VISIBILITY_TIMEOUT_SECONDS - 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 13, sixth pass): a queued import deferred for its turn before the "
-    "lease leaves its record's next attempt as it was",
-)
-def test_a_retry_that_comes_back_to_a_crowded_organization_says_when_it_will_run(
-    settings: Settings, clock: OffsetClock, aws_world: dict[str, Any]
-) -> None:
-    # Found by the engine model (a random run, batches of 3): a `retrying` record whose message
-    # comes back on time to an organization at its limit is sent again for its turn, a window
-    # later, and its record still says the earlier time.
-    from crm_to_books.ledger import Completion
+def _crowded(settings: Settings, clock: OffsetClock) -> Importer:
+    """An organization of one call a minute, whose minute's call is spent."""
     from crm_to_books.settings import Organization
 
     one = settings.model_copy(
@@ -587,14 +577,56 @@ def test_a_retry_that_comes_back_to_a_crowded_organization_says_when_it_will_run
         }
     )
     importer = Importer(one, clock=clock)
-    due = clock() - 1  # an earlier attempt said "next attempt in 5 s", 6 s ago
-    claim = importer.ledger.begin(request("account", "7400"), "earlier", 60, 30)
-    importer.ledger.complete(claim, Completion(Status.RETRYING, next_attempt_at=due))  # type: ignore[arg-type]
     assert importer.run(request("account", "7401")).result == "imported"  # the minute's call
+    return importer
+
+
+def _retrying(importer: Importer, crm_id: str, due: float) -> None:
+    from crm_to_books.ledger import Completion
+
+    claim = importer.ledger.begin(request("account", crm_id), "earlier", 60, 30)
+    assert not isinstance(claim, (AlreadySucceeded, Busy))
+    importer.ledger.complete(claim, Completion(Status.RETRYING, next_attempt_at=due))
+
+
+def _kept_by_a_retry_copy(record: dict[str, Any]) -> None:
+    record["messageAttributes"][batch.TIME_KEPT_ATTRIBUTE] = {
+        "stringValue": "1",
+        "dataType": "String",
+    }
+
+
+def _redelivered(record: dict[str, Any]) -> None:
+    record["attributes"]["ApproximateReceiveCount"] = "2"
+
+
+def _redriven(record: dict[str, Any]) -> None:
+    record["messageAttributes"]["source"] = {"stringValue": "redrive", "dataType": "String"}
+
+
+@pytest.mark.parametrize(
+    "comes_back",
+    [_kept_by_a_retry_copy, _redelivered, _redriven],
+    ids=["a retry's copy", "a redelivery", "a re-drive"],
+)
+def test_a_retry_that_comes_back_to_a_crowded_organization_says_when_it_will_run(
+    settings: Settings,
+    clock: OffsetClock,
+    aws_world: dict[str, Any],
+    comes_back: Callable[[dict[str, Any]], None],
+) -> None:
+    # Found by the engine model (a random run, batches of 3): a `retrying` record whose message
+    # comes back on time to an organization at its limit is sent again for its turn, a window
+    # later; its record said the earlier time, then past, until that turn.
+    importer = _crowded(settings, clock)
+    due = clock() - 1  # an earlier attempt said "next attempt in 5 s", 6 s ago
+    _retrying(importer, "7400", due)
+    message = sqs_record({"organization_id": ORG, "crm_id": "7400"})
+    comes_back(message)
     sqs = FakeSqs()
 
     batch.process_batch(
-        {"Records": [sqs_record({"organization_id": ORG, "crm_id": "7400"})]},
+        {"Records": [message]},
         LambdaContext(),  # type: ignore[arg-type]
         importer=importer,
         kind="account",
@@ -605,5 +637,72 @@ def test_a_retry_that_comes_back_to_a_crowded_organization_says_when_it_will_run
     back_at = clock() + int(copy["DelaySeconds"])
     assert back_at > due + 30
     record = importer.ledger.get(ORG, "account", "7400")
-    assert record and record.next_attempt_at
-    assert epoch(record.next_attempt_at) >= back_at - 2
+    assert record and record.status is Status.RETRYING and record.next_attempt_at
+    assert back_at - 2 <= epoch(record.next_attempt_at) <= back_at + 2
+    assert not record.parked  # the copy owns it
+    assert record.detail and "waits for its turn" in record.detail
+    assert batch.TIME_KEPT_ATTRIBUTE in copy["MessageAttributes"] or comes_back is not (
+        _kept_by_a_retry_copy
+    )
+
+
+def test_a_first_import_deferred_for_its_turn_writes_no_record(
+    settings: Settings, clock: OffsetClock, aws_world: dict[str, Any]
+) -> None:
+    # The turn-first path exists to spare the ledger under contention: a first delivery with no
+    # retry's mark reads and writes nothing, and leaves no record to say a time.
+    importer = _crowded(settings, clock)
+    sqs = FakeSqs()
+    seen: list[str] = []
+
+    def count(model: Any, params: dict[str, Any], **_: Any) -> None:
+        if params.get("TableName") == importer.ledger._table or "TransactItems" in params:
+            seen.append(model.name)  # the ledger's (the limiter's own item is another table)
+
+    events = importer.ledger.client.meta.events
+    events.register("before-call.dynamodb", count)
+    try:
+        batch.process_batch(
+            {"Records": [sqs_record({"organization_id": ORG, "crm_id": "7402"})]},
+            LambdaContext(),  # type: ignore[arg-type]
+            importer=importer,
+            kind="account",
+            sqs=sqs,  # type: ignore[arg-type]
+        )
+    finally:
+        events.unregister("before-call.dynamodb", count)
+
+    (copy,) = sqs.sent
+    assert int(copy["DelaySeconds"]) > 30
+    assert batch.TIME_KEPT_ATTRIBUTE not in copy["MessageAttributes"]
+    assert seen == []
+    assert importer.ledger.get(ORG, "account", "7402") is None
+
+
+def test_a_retry_whose_record_moved_on_is_left_as_it_is(
+    settings: Settings, clock: OffsetClock, aws_world: dict[str, Any]
+) -> None:
+    # The mark says the record may keep a time; the record decides: one imported meanwhile (by
+    # another message) or already saying a later time keeps what it says.
+    importer = _crowded(settings, clock)
+    later = clock() + 3600
+    _retrying(importer, "7403", later)
+    for crm_id in ("7401", "7403"):
+        message = sqs_record({"organization_id": ORG, "crm_id": crm_id})
+        _kept_by_a_retry_copy(message)
+        batch.process_batch(
+            {"Records": [message]},
+            LambdaContext(),  # type: ignore[arg-type]
+            importer=importer,
+            kind="account",
+            sqs=FakeSqs(),  # type: ignore[arg-type]
+        )
+
+    imported = importer.ledger.get(ORG, "account", "7401")
+    assert imported and imported.status is Status.SUCCEEDED and imported.next_attempt_at is None
+    waiting = importer.ledger.get(ORG, "account", "7403")
+    assert (
+        waiting
+        and waiting.next_attempt_at
+        and epoch(waiting.next_attempt_at) == pytest.approx(later, abs=1)
+    )

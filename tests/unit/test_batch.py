@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from crm_to_books import batch
 from crm_to_books.limiter import Reservation
@@ -466,3 +467,39 @@ def test_after_a_batch_the_handlers_thread_logs_under_no_records_correlation_id(
     run(importer, sqs_record({"organization_id": ORG, "crm_id": "1"}, message_id="m1"))
 
     assert "correlation_id" not in logger.thread_safe_get_current_keys()
+
+
+def _back(copy: dict[str, Any], crm_id: str) -> dict[str, Any]:
+    """The SQS record a copy becomes when the queue delivers it."""
+    back = sqs_record({"organization_id": ORG, "crm_id": crm_id})
+    back["messageAttributes"] = {
+        name: {"stringValue": v["StringValue"], "dataType": v["DataType"]}
+        for name, v in copy["MessageAttributes"].items()
+    }
+    return back
+
+
+def test_a_retry_copy_whose_record_says_its_time_is_marked_and_stays_marked() -> None:
+    # The engine asks for the mark when the record will say when the copy comes back; a copy
+    # sent again for its turn keeps it, so its record can be told the new time then too.
+    first = sqs_record({"organization_id": ORG, "crm_id": "2002"}, correlation_id="c-1")
+    assert not batch.MessageHolder(FakeSqs(), SQSRecord(first)).keeps_a_time  # type: ignore[arg-type]
+    sqs = FakeSqs()
+
+    assert batch.MessageHolder(sqs, SQSRecord(first)).hold(5, True, keeps_a_time=True)  # type: ignore[arg-type]
+    marked = batch.MessageHolder(sqs, SQSRecord(_back(sqs.sent[0], "2002")))  # type: ignore[arg-type]
+    assert marked.keeps_a_time
+    assert marked.hold(60, True)  # sent again for its turn
+
+    again = sqs.sent[1]["MessageAttributes"]
+    assert again[batch.TIME_KEPT_ATTRIBUTE] == {"DataType": "String", "StringValue": "1"}
+    assert again["correlation_id"] == {"DataType": "String", "StringValue": "c-1"}
+
+
+def test_a_redelivered_message_may_keep_a_time_and_a_plain_copy_is_not_marked() -> None:
+    again = sqs_record({"organization_id": ORG, "crm_id": "2002"}, receive_count=2)
+    assert batch.MessageHolder(FakeSqs(), SQSRecord(again)).keeps_a_time  # type: ignore[arg-type]
+    sqs = FakeSqs()
+    first = sqs_record({"organization_id": ORG, "crm_id": "2002"})
+    assert batch.MessageHolder(sqs, SQSRecord(first)).hold(60, True)  # type: ignore[arg-type]
+    assert sqs.sent[0]["MessageAttributes"] == {}

@@ -205,7 +205,11 @@ class Attempt:
         early = None if sync else self._before_lease(request, org, reservation)
         if isinstance(early, ImportOutcome):
             if holder is not None:
-                holder.hold(early.retry_after or 1.0, fresh=True, reservation=early.reservation)
+                held = holder.hold(
+                    early.retry_after or 1.0, fresh=True, reservation=early.reservation
+                )
+                if reservation is None and (holder.keeps_a_time or request.source == "redrive"):
+                    self._reschedule(request, early, held, holder)
             return early
         if isinstance(early, Reservation):  # its turn is within a second: taken in process
             reservation, early = early, None
@@ -802,6 +806,26 @@ class Attempt:
             reservation=held,
         )
 
+    def _reschedule(
+        self, request: ImportRequest, early: ImportOutcome, held: bool, holder: Holder
+    ) -> None:
+        """A message that may keep a time its record says (a retry's, a re-drive's), sent
+        again for its turn before the lease: the record says the new time, if it said an
+        earlier one (one conditional write, only for such messages). A failure is logged, not
+        raised: the message holds the import either way, and failing it would bring back a
+        second copy."""
+        wait = (early.retry_after or 1.0) if held else holder.fallback_seconds
+        reason = early.error.message if early.error else DENIALS["per_minute"]
+        try:
+            self.ledger.reschedule(
+                request,
+                self._clock() + wait,
+                f"Not sent to Zoho now: {reason}. It waits for its turn: next attempt in "
+                f"{math.ceil(wait)} s.",
+            )
+        except Exception:
+            logger.warning("could not write a retry's new time", exc_info=True)
+
     def park_known(self, requests: Sequence[ImportRequest]) -> list[ImportOutcome]:
         """Queued imports of one organization that nobody may send before a park's end, as this
         container last saw its limiter item (`RateLimiter.stopped`: Zoho said stop until
@@ -945,7 +969,7 @@ class Attempt:
         wait = max((done.next_attempt_at or now) - now, 0.0)
         if held is not None:
             wait = self._come_back_in(done.next_attempt_at, held)
-        if not holder.hold(wait, fresh, reservation=held):
+        if not holder.hold(wait, fresh, reservation=held, keeps_a_time=True):
             done.next_attempt_at = now + max(wait, holder.fallback_seconds)
             done.detail = (done.detail or "") + (
                 f" (The queue brings it back in {math.ceil(holder.fallback_seconds)} s.)"

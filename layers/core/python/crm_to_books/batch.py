@@ -67,6 +67,10 @@ SQS_MAX_ATTRIBUTES = 10  # message attributes a message may carry
 # The rate slot held for a delayed copy's import (`limiter.Reservation`). A sender's attribute of
 # this name gets it nothing: the slot must hold what the reservation says.
 RESERVATION_ATTRIBUTE = "crm-to-books-reservation"
+# On a retry's copy whose record says when it comes back: sent again to wait for its turn, the
+# record is told the new time (`Importer.run`). A sender's attribute of this name costs one
+# conditional write that changes nothing.
+TIME_KEPT_ATTRIBUTE = "crm-to-books-time-kept"
 PARALLEL_RECORDS = BATCH_SIZE  # a batch's organizations imported at once, one thread each
 
 
@@ -340,6 +344,17 @@ class MessageHolder:
         """When the message comes back if `hold` fails: its queue's visibility timeout."""
         return float(QUEUE_VISIBILITY_TIMEOUT_SECONDS)
 
+    @property
+    def keeps_a_time(self) -> bool:
+        """Its record may say a time this message was to keep: a retry's copy, or a message
+        back after a receive it spent (the attempt's failure, or its death)."""
+        if TIME_KEPT_ATTRIBUTE in (self._record.raw_event.get("messageAttributes") or {}):
+            return True
+        try:
+            return int(self._record.attributes.approximate_receive_count) >= 2
+        except (KeyError, TypeError, ValueError):
+            return False
+
     def reservation(self, organization_id: str) -> Reservation | None:
         """The rate slot held for this message's import, if it carries one."""
         return _carried(self._record.raw_event, organization_id)
@@ -351,6 +366,7 @@ class MessageHolder:
         reservation: Reservation | None = None,
         *,
         keep_reservation: bool = False,
+        keeps_a_time: bool = False,
     ) -> bool:
         wait = _visibility(seconds)
         record = self._record
@@ -372,6 +388,8 @@ class MessageHolder:
                         "DataType": "String",
                         "StringValue": carried.encode(),
                     }
+                if keeps_a_time and len(attributes) < SQS_MAX_ATTRIBUTES:
+                    attributes[TIME_KEPT_ATTRIBUTE] = {"DataType": "String", "StringValue": "1"}
                 send: dict[str, Any] = {
                     "QueueUrl": url,
                     "MessageBody": record.body,

@@ -611,18 +611,41 @@ class Ledger:
     def unpark(self, record: ImportRecord) -> bool:
         """A parked record whose message the re-drive job has just sent: the message owns it
         now. Only if it is still as `record` (the message may already have run)."""
+        return self._update_retrying(
+            (record.organization_id, record.kind, record.crm_id),
+            "SET parked = :f, updated_at = :now",
+            "parked = :t AND updated_at = :seen",
+            {":f": False, ":t": True, ":seen": record.updated_at},
+        )
+
+    def reschedule(self, request: ImportRequest, at: float, detail: str) -> bool:
+        """A `retrying` record whose message came back and was sent again to wait for its
+        turn (its organization at its limit, no lease taken): the record says the new time,
+        which that message keeps, instead of the earlier one, now past. Only if it still says
+        an earlier time (another attempt may have written since); the message owns it, so it
+        is not parked. False if the record is not such."""
+        return self._update_retrying(
+            request.key,
+            "SET next_attempt_at = :at, next_attempt_epoch = :epoch, detail = :detail, "
+            "parked = :f, updated_at = :now",
+            "next_attempt_epoch < :epoch",
+            {":at": iso(at), ":epoch": at, ":detail": detail, ":f": False},
+        )
+
+    def _update_retrying(
+        self, key: tuple[str, str, str], update: str, condition: str, values: dict[str, Any]
+    ) -> bool:
+        """One update of a `retrying` record, if `condition` holds too. False if not."""
         try:
             self.client.update_item(
                 TableName=self._table,
-                Key=dynamo.dump(_key(record.organization_id, record.kind, record.crm_id)),
-                UpdateExpression="SET parked = :f, updated_at = :now",
-                ConditionExpression="parked = :t AND updated_at = :seen AND #status = :retrying",
+                Key=dynamo.dump(_key(*key)),
+                UpdateExpression=update,
+                ConditionExpression=f"#status = :retrying AND {condition}",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=dynamo.dump_values(
                     {
-                        ":f": False,
-                        ":t": True,
-                        ":seen": record.updated_at,
+                        **values,
                         ":retrying": Status.RETRYING.value,
                         ":now": iso(self._clock()),
                     }

@@ -47,10 +47,21 @@ class Holder(Protocol):
     @property
     def fallback_seconds(self) -> float: ...  # when it comes back if `hold` fails
 
-    def hold(self, seconds: float, fresh: bool, reservation: Reservation | None = None) -> bool:
+    @property
+    def keeps_a_time(self) -> bool: ...  # its record may say a time this message was to keep
+
+    def hold(
+        self,
+        seconds: float,
+        fresh: bool,
+        reservation: Reservation | None = None,
+        *,
+        keeps_a_time: bool = False,
+    ) -> bool:
         """Bring the import back in `seconds`; `fresh`: as a new message (a wait, not a
-        failure: no receive spent), carrying `reservation` (the rate slot held for it). False
-        if it could not be arranged."""
+        failure: no receive spent), carrying `reservation` (the rate slot held for it) and,
+        with `keeps_a_time`, a mark that its record says when it comes back. False if it
+        could not be arranged."""
         ...
 
 
