@@ -131,6 +131,9 @@ class Load:
     # Lambda's seconds per import on the SQS path as the contention run measured them (a
     # batch's invocation lasts until its last record), on this machine's CPU; None: modelled.
     function_seconds: float | None = None
+    # The handler's SQS sends of denied messages' copies, per import (a lane's turns go up to
+    # 10 a SendMessageBatch); None: one per denial.
+    copy_sends: float | None = None
 
 
 def load_of(earlier: dict[str, Report], single: dict[str, float]) -> Load:
@@ -142,7 +145,14 @@ def load_of(earlier: dict[str, Report], single: dict[str, float]) -> Load:
     calls = {op: count / n for op, count in got["aws_calls_by_operation"].items()}
     per_second = got["use"] * 100 / 60 if got.get("use") else 100 / 60
     busy = got.get("function_seconds_per_import_at_aws_round_trips")
-    return Load(calls, got["denials_per_import"], per_second, measured=True, function_seconds=busy)
+    return Load(
+        calls,
+        got["denials_per_import"],
+        per_second,
+        measured=True,
+        function_seconds=busy,
+        copy_sends=got.get("sqs_sends_per_import"),
+    )
 
 
 def memory_options(
@@ -199,6 +209,7 @@ def model(
     calls = {p: load.calls if load.measured else paths[p]["calls"] for p in paths}
     ddb = {p: _dynamodb(calls[p], ledger, limiter) for p in paths}
     deliveries = 1 + load.denials  # a denied message comes back through the queue
+    copies = load.denials if load.copy_sends is None else load.copy_sends
     invocations = {"http": 1.0, "sqs": deliveries / BATCH}
     total_calls = sum(load.calls.values())
     # SQS: a batch's records run at once, so a batch's deliveries share one import's wait.
@@ -237,9 +248,10 @@ def model(
         ),
         Line(
             "SQS requests",
-            {"sqs": (1 + 2 / BATCH) * deliveries},
+            {"sqs": 1 + copies + 2 / BATCH * deliveries},
             SQS_STANDARD_REQUEST,
-            "per delivery: a send, and a receive and a delete per batch",
+            f"the request's send, {copies:.2f} sends of denied messages' copies (a lane's "
+            "together), and a receive and a delete per batch of deliveries",
         ),
         Line(
             "DynamoDB write request units",

@@ -407,9 +407,21 @@ class Served:
     done: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # org -> imported
     parked: int = 0
     retries: int = 0
+    # The handler's SQS sends for those retries: one each, but a lane's turns that wrote
+    # nothing go together, up to 10 a `SendMessageBatch` (`batch._Outbox`).
+    sends: int = 0
     other: int = 0  # neither imported nor back in the queue (failed, already imported)
     finished_at: dict[tuple[str, str], float] = field(default_factory=dict)
     busy_seconds: float = 0.0  # containers' time from a batch's receipt to its last record done
+
+    def retried(self, outcome: ImportOutcome, later: list[int]) -> None:
+        """A retry the handler sends again: at once if its attempt wrote the record, else with
+        the lane's others (`later`, counted when the lane ends)."""
+        self.retries += 1
+        if outcome.recorded:
+            self.sends += 1
+        else:
+            later[0] += 1
 
     def count(self, outcome: ImportOutcome) -> tuple[str, str] | None:
         """An outcome that is not a retry; the record's key when it was imported."""
@@ -456,22 +468,28 @@ def serve(
     def lane(importer: Importer, messages: list[_Message]) -> None:
         together: set[int] = set()  # parked with others (`Importer.park_known`), as the handler
         asks, ask = 2, True  # before the first, and after the first parked by its own attempt
-        for i, message in enumerate(messages):
-            if stop.is_set() or time.monotonic() >= deadline:
-                return
-            if ask:
-                asks -= 1
-                together |= _park_together(importer, messages[i:], together, served, lock)
-            ask = id(message.request) not in together and handle(importer, message) and asks > 0
+        later = [0]  # copies of turns that wrote nothing: sent together when the lane ends
+        try:
+            for i, message in enumerate(messages):
+                if stop.is_set() or time.monotonic() >= deadline:
+                    return
+                if ask:
+                    asks -= 1
+                    together |= _park_together(importer, messages[i:], together, served, lock)
+                parked = id(message.request) not in together and handle(importer, message, later)
+                ask = parked and asks > 0
+        finally:
+            with lock:
+                served.sends += math.ceil(later[0] / 10)
 
-    def handle(importer: Importer, message: _Message) -> bool:
+    def handle(importer: Importer, message: _Message, later: list[int]) -> bool:
         """Import one message; whether it was parked."""
         request = message.request
         current.org = request.organization_id
         outcome = importer.run(request, reservation=message.held)
         with lock:
             if outcome.result == "retry_later" and not outcome.parked:
-                served.retries += 1
+                served.retried(outcome, later)
                 queue.send(request, wait(outcome), outcome.reservation)
             elif served.count(outcome) == stop_when:
                 stop.set()

@@ -67,6 +67,7 @@ STEP_CHOICES: dict[str, tuple[float, float, tuple[str, ...]]] = {
     "zoho token": (0.78, 0.04, tuple(f for f in TOKEN_FAULTS if f != "ok")),
     "zoho": (0.68, 0.04, tuple(f for f in BOOKS_FAULTS if f != "ok")),
     "dynamodb": (0.975, 0.01, ("ddb_throttle", "ddb_conflict")),
+    "sqs send batch": (0.5, 0.05, ("sqs_down", "sqs_partial")),  # rare: when reached, fail often
     "sqs": (0.92, 0.03, ("sqs_down",)),
     "": (0.95, 0.05, ()),
 }
@@ -280,9 +281,8 @@ class EngineModel(RuleBasedStateMachine):
             self.world.scheduler.kill_all()
             self._mock.stop()
 
-    def _drain_and_check(self) -> None:
-        """Zoho heals; the jobs run and the queues drain, as in production; then every import
-        the ledger accepted has ended, exactly once in Books."""
+    def _events(self) -> None:
+        """What the run reached, for `--hypothesis-show-statistics`."""
         world = self.world
         event(f"steps taken: {_bucket(self.steps)}")
         event(f"invocations killed: {_bucket(self.kills)}")
@@ -290,8 +290,16 @@ class EngineModel(RuleBasedStateMachine):
         event(f"Books records: {sum(len(ids) for ids in world.zoho.books.values())}")
         for fault in self.faults:
             event(f"fault injected: {fault}")
+        if any("sqs send batch" in t.trace for t in world.scheduler.history):
+            event("a lane's delayed copies sent together")
         for record, _ in world.records():
             event(f"before the drain, a record was {record.status.value}")
+
+    def _drain_and_check(self) -> None:
+        """Zoho heals; the jobs run and the queues drain, as in production; then every import
+        the ledger accepted has ended, exactly once in Books."""
+        world = self.world
+        self._events()
         world.scheduler.kill_all()
         world.containers.clear()
         if (
@@ -342,6 +350,8 @@ def _applies(label: str, choice: str) -> bool:
         return choice in BOOKS_FAULTS
     if label.startswith("dynamodb"):
         return choice.startswith("ddb")
+    if label.startswith("sqs send batch"):
+        return choice in ("sqs_down", "sqs_partial")
     return label.startswith("sqs") and choice == "sqs_down"
 
 

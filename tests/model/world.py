@@ -605,7 +605,10 @@ class ModelSqs:
         fault = self._q.scheduler.checkpoint("sqs send")
         if fault == "sqs_down":
             raise ClientError({"Error": {"Code": "ServiceUnavailable"}}, "SendMessage")
-        kind = self._q.kind_of(request["QueueUrl"])
+        return self._enqueue(request["QueueUrl"], request)
+
+    def _enqueue(self, url: str, request: dict[str, Any]) -> dict[str, Any]:
+        kind = self._q.kind_of(url)
         message = Message(
             id=f"m-{next(self._q._ids)}",
             kind=kind,
@@ -619,6 +622,23 @@ class ModelSqs:
             (self._q.clock.now, f"sent {message.body}", message.id, task.name if task else "")
         )
         return {"MessageId": message.id}
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """SendMessageBatch: down as a call, or (`sqs_partial`) refusing every other entry."""
+        from botocore.exceptions import ClientError
+
+        assert 1 <= len(Entries) <= 10
+        fault = self._q.scheduler.checkpoint("sqs send batch")
+        if fault == "sqs_down":
+            raise ClientError({"Error": {"Code": "ServiceUnavailable"}}, "SendMessageBatch")
+        failed, done = [], []
+        for i, entry in enumerate(Entries):
+            if fault == "sqs_partial" and i % 2 == 0:
+                failed.append({"Id": entry["Id"], "SenderFault": False, "Code": "InternalError"})
+                continue
+            self._enqueue(QueueUrl, {k: v for k, v in entry.items() if k != "Id"})
+            done.append({"Id": entry["Id"]})
+        return {"Successful": done, "Failed": failed}
 
     def change_message_visibility(self, **request: Any) -> dict[str, Any]:
         from botocore.exceptions import ClientError

@@ -1,7 +1,8 @@
 """The AWS calls the runtime library really makes, read from its source (an AST walk).
 
 A call is `<anything>.<operation>(...)` where `<operation>` is a boto3 method of the service
-(`update_item`, `send_message`, ...), read from botocore's own service models, or such a
+(`update_item`, `send_message`, ...), read from botocore's own service models (an SQS batch
+operation as the single-message action IAM authorizes it by), or such a
 method's name in a string (for `getattr(client, name)(...)`); a transaction's
 items (`{"Update": ...}`, `{"Delete": ...}`, ...) count as the item's action; a Powertools
 `SecretsProvider` counts as `secretsmanager:GetSecretValue` (all its `get` does). Each
@@ -22,6 +23,7 @@ from botocore import xform_name
 
 import crm_to_books
 from crm_to_books.access import Calls, Resource
+from crm_to_books_cli.iam.calls import SQS_BATCHES
 
 LIBRARY = Path(crm_to_books.__file__).parent
 FUNCTIONS = LIBRARY.parents[3] / "functions"
@@ -63,7 +65,10 @@ def operations() -> dict[str, dict[str, str]]:
     for service in sorted(set(SERVICE.values())):
         model = session.get_service_model(service)
         found[service] = {
-            xform_name(op): f"{model.signing_name}:{op}" for op in model.operation_names
+            xform_name(op): f"{model.signing_name}:{SQS_BATCHES.get(op, op)}"
+            if service == "sqs"
+            else f"{model.signing_name}:{op}"
+            for op in model.operation_names
         }
     return found
 

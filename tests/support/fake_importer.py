@@ -70,6 +70,7 @@ class Script:
     recorded: bool | None = None  # None: as the engine, not when rate-limited
     reservation: Reservation | None = None  # the rate slot held for the retry
     parked_together: bool = False  # `park_known` parks it, before its own attempt
+    later: bool = False  # its delayed copy may go with the lane's others (a turn, before a lease)
 
 
 class FakeLedger:
@@ -178,7 +179,12 @@ class FakeImporter:
             self.enqueue(request, how.retry_after or 0)
         elif holder is not None and how.result == "retry_later" and not how.parked:
             # as the engine does
-            holder.hold(how.retry_after or 60, fresh=how.rate_limited, reservation=how.reservation)
+            holder.hold(
+                how.retry_after or 60,
+                fresh=how.rate_limited,
+                reservation=how.reservation,
+                later=how.later,
+            )
         return FakeOutcome(
             request,
             record,
@@ -251,11 +257,39 @@ class FakeImporter:
 
 
 class FakeSqs:
-    def __init__(self, fail: bool = False) -> None:
+    """`fail`: every call fails. `fail_batches`: SendMessageBatch fails as a call. `refuse`:
+    message bodies SendMessageBatch reports failed (SQS's per-entry `Failed`), sent alone."""
+
+    def __init__(
+        self, fail: bool = False, fail_batches: bool = False, refuse: Sequence[str] = ()
+    ) -> None:
         self.meta = SimpleNamespace(endpoint_url=ENDPOINT)
         self.visibility: list[dict[str, Any]] = []
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[dict[str, Any]] = []  # every copy that reached the queue, as sent alone
+        self.batches: list[int] = []  # SendMessageBatch calls that took entries: how many
         self._fail = fail
+        self._fail_batches = fail_batches
+        self._refuse = set(refuse)
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        assert 1 <= len(Entries) <= 10 and len({e["Id"] for e in Entries}) == len(Entries)
+        if self._fail or self._fail_batches:
+            raise ClientError(
+                {"Error": {"Code": "AWS.SimpleQueueService.NonExistentQueue", "Message": "gone"}},
+                "SendMessageBatch",
+            )
+        taken = [e for e in Entries if e["MessageBody"] not in self._refuse]
+        for entry in taken:
+            self.sent.append(
+                {"QueueUrl": QueueUrl, **{k: v for k, v in entry.items() if k != "Id"}}
+            )
+        self.batches.append(len(taken))
+        failed = [
+            {"Id": e["Id"], "SenderFault": False, "Code": "InternalError"}
+            for e in Entries
+            if e["MessageBody"] in self._refuse
+        ]
+        return {"Successful": [{"Id": e["Id"]} for e in taken], "Failed": failed}
 
     def send_message(self, **params: Any) -> dict[str, str]:
         if self._fail:

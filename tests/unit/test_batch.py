@@ -503,3 +503,87 @@ def test_a_redelivered_message_may_keep_a_time_and_a_plain_copy_is_not_marked() 
     first = sqs_record({"organization_id": ORG, "crm_id": "2002"})
     assert batch.MessageHolder(sqs, SQSRecord(first)).hold(60, True)  # type: ignore[arg-type]
     assert sqs.sent[0]["MessageAttributes"] == {}
+
+
+def _waiting_for_turns(importer: FakeImporter, n: int, **sqs: Any) -> tuple[Any, FakeSqs]:
+    """A batch of `n` records of one organization, each waiting for its turn (nothing written)."""
+    records = []
+    for i in range(n):
+        crm_id = str(3000 + i)
+        importer.script(crm_id, result="retry_later", retry_after=41, rate_limited=True, later=True)
+        records.append(sqs_record({"organization_id": ORG, "crm_id": crm_id}, message_id=crm_id))
+    fake = FakeSqs(**sqs)
+    return run(importer, *records, sqs=fake), fake
+
+
+def test_a_lane_waiting_for_turns_sends_its_delayed_copies_together(
+    importer: FakeImporter,
+) -> None:
+    response, sqs = _waiting_for_turns(importer, 10)
+
+    assert failures(response) == []  # each original is deleted: its copy holds it
+    assert sqs.batches == [10]  # one SendMessageBatch, no SendMessage
+    assert sorted(json.loads(m["MessageBody"])["crm_id"] for m in sqs.sent) == [
+        str(3000 + i) for i in range(10)
+    ]
+    assert {m["DelaySeconds"] for m in sqs.sent} <= {40, 41}  # from each hold, not the send
+    assert {m.get("MessageGroupId") for m in sqs.sent} == {ORG}  # fair queues' tenant
+
+
+def test_copies_sqs_refuses_in_the_batch_are_sent_alone(importer: FakeImporter) -> None:
+    refused = [json.dumps({"organization_id": ORG, "crm_id": c}) for c in ("3001", "3004")]
+
+    response, sqs = _waiting_for_turns(importer, 5, refuse=refused)
+
+    assert failures(response) == []
+    assert sqs.batches == [3]
+    assert len(sqs.sent) == 5 and [m["MessageBody"] for m in sqs.sent[3:]] == refused
+
+
+def test_copies_that_cannot_be_sent_leave_their_messages_in_the_queue(
+    importer: FakeImporter,
+) -> None:
+    response, sqs = _waiting_for_turns(importer, 4, fail=True)
+
+    # Not deleted: each comes back when its visibility ends (no record promised a time)
+    assert sorted(failures(response)) == ["3000", "3001", "3002", "3003"]
+    assert sqs.sent == []
+
+
+def test_a_batch_call_that_fails_falls_back_to_one_send_each(importer: FakeImporter) -> None:
+    response, sqs = _waiting_for_turns(importer, 3, fail_batches=True)
+
+    assert failures(response) == []
+    assert sqs.batches == [] and len(sqs.sent) == 3
+
+
+def test_only_copies_nothing_waits_on_wait_for_the_lane(importer: FakeImporter) -> None:
+    # A retry whose record says its time (the engine writes it after the hold) is sent at once;
+    # a turn that writes nothing waits for the lane's end; eleven make two sends of the outbox.
+    importer.script("2002", result="retry_later", retry_after=9, rate_limited=True)
+    first = sqs_record({"organization_id": ORG, "crm_id": "2002"})
+    records = [first]
+    for i in range(11):
+        crm_id = str(3000 + i)
+        importer.script(crm_id, result="retry_later", retry_after=41, rate_limited=True, later=True)
+        records.append(sqs_record({"organization_id": ORG, "crm_id": crm_id}))
+    sqs = FakeSqs()
+
+    run(importer, *records, sqs=sqs)
+
+    assert json.loads(sqs.sent[0]["MessageBody"])["crm_id"] == "2002"
+    assert sqs.batches == [10, 1]  # the eleventh at the lane's end
+    assert len(sqs.sent) == 12
+
+
+def test_a_delayed_copy_counts_its_delay_from_its_hold() -> None:
+    now = [1_000.0]
+    sqs = FakeSqs()
+    outbox = batch._Outbox(sqs, clock=lambda: now[0])  # type: ignore[arg-type]
+    send = {"QueueUrl": "q", "MessageBody": "{}", "MessageAttributes": {}}
+    outbox.add({"messageId": "a"}, send, due=1_041.0)
+    outbox.add({"messageId": "b"}, send, due=1_003.0)
+    now[0] = 1_005.0  # the lane's other records took 5 s
+
+    assert outbox.flush() == []
+    assert [m["DelaySeconds"] for m in sqs.sent] == [36, 0]

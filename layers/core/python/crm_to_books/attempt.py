@@ -205,10 +205,16 @@ class Attempt:
         early = None if sync else self._before_lease(request, org, reservation)
         if isinstance(early, ImportOutcome):
             if holder is not None:
+                # A record that may say a time this message was to keep is told the new one,
+                # after the copy is sent; else nothing waits on the copy, sent with others.
+                keeps = reservation is None and (holder.keeps_a_time or request.source == "redrive")
                 held = holder.hold(
-                    early.retry_after or 1.0, fresh=True, reservation=early.reservation
+                    early.retry_after or 1.0,
+                    fresh=True,
+                    reservation=early.reservation,
+                    later=not keeps,
                 )
-                if reservation is None and (holder.keeps_a_time or request.source == "redrive"):
+                if keeps:
                     self._reschedule(request, early, held, holder)
             return early
         if isinstance(early, Reservation):  # its turn is within a second: taken in process

@@ -9,6 +9,10 @@
   only ever holds imports that really failed again and again;
 - either way the engine asks the message to hold the retry (`MessageHolder`) before it
   writes the record, so the record's next attempt is one a message keeps;
+- a wait for a turn that writes nothing (the organization at its limit, before the lease) is
+  sent with the lane's others, one `SendMessageBatch` of up to 10 delayed copies, when the lane
+  ends; a copy SQS will not take is sent alone, and one that cannot be sent at all leaves its
+  message undeleted (a batch item failure), so nothing is lost;
 - poison (can never succeed): recorded as failed where it names a ledger key, and deleted,
   so it neither blocks the batch nor loops until the DLQ.
 
@@ -27,6 +31,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -72,6 +79,10 @@ RESERVATION_ATTRIBUTE = "crm-to-books-reservation"
 # conditional write that changes nothing.
 TIME_KEPT_ATTRIBUTE = "crm-to-books-time-kept"
 PARALLEL_RECORDS = BATCH_SIZE  # a batch's organizations imported at once, one thread each
+SQS_BATCH_ENTRIES = 10  # SendMessageBatch's most entries
+SQS_BATCH_BYTES = 256 * 1024  # its most payload, as the smallest quota any region had
+
+_lane = threading.local()  # the running lane's outbox (`_Outbox`), in a lane's thread
 
 
 class RetryLater(Exception):
@@ -95,6 +106,7 @@ def process_batch(
         kind=kind,
         importer=importer,
         parked=parked,
+        sqs=sqs,
     )
     return process_partial_response(
         event={**event, "Records": turns_first(event.get("Records") or [])},
@@ -116,12 +128,15 @@ class ParallelBatchProcessor(BatchProcessor):
         kind: str,
         importer: ImporterLike | None = None,
         parked: dict[str, OutcomeLike] | None = None,
+        sqs: SQSClient | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._kind = kind
         self._importer = importer
         self._parked = parked if parked is not None else {}  # message id -> parked together
+        self._sqs = sqs
+        self._reporting = threading.Lock()  # lanes report a copy not sent at once
 
     def process(self) -> list[tuple[Any, ...]]:
         lanes = self._lanes() if len(self.records) > 1 else [self.records]
@@ -147,6 +162,7 @@ class ParallelBatchProcessor(BatchProcessor):
         return list(lanes.values())
 
     def _process_lane(self, lane: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        _lane.outbox = outbox = _Outbox(self._sqs) if self._sqs is not None else None
         try:
             done: list[tuple[Any, ...]] = []
             # Before the first record, and once more after the first parked by its own attempt
@@ -159,9 +175,29 @@ class ParallelBatchProcessor(BatchProcessor):
                 together = record["messageId"] in self._parked
                 done.append(self._process_record(record))
                 ask = asks > 0 and done[-1][1] == "parked" and not together
+                if outbox is not None and outbox.full:
+                    self._unsent(outbox.flush(), done)
+            if outbox is not None:
+                self._unsent(outbox.flush(), done)
             return done
         finally:
+            _lane.outbox = None
             logger.thread_safe_clear_keys()  # what this thread logs next is not the lane's
+
+    def _unsent(self, records: list[dict[str, Any]], done: list[tuple[Any, ...]]) -> None:
+        """Records whose delayed copy could not be sent: not deleted after all (a batch item
+        failure), so the queue brings each back when its visibility ends. No record was
+        written for them (a copy waits in the outbox only then)."""
+        for raw in records:
+            try:
+                raise RetryLater("its delayed copy could not be sent")
+            except RetryLater:
+                info = sys.exc_info()
+            with self._reporting:
+                kept = [m for m in self.success_messages if id(m) != id(raw)]
+                self.success_messages[:] = kept
+                failed = self.failure_handler(SQSRecord(raw), info)
+            done[:] = [failed if entry[2] is raw else entry for entry in done]
 
     def _park_together(self, records: list[dict[str, Any]]) -> None:
         """Before the lane's first record, and after the first parked: the lane's records yet to
@@ -236,7 +272,7 @@ def _record_handler(
             log = {"kind": request.kind, "crm_id": request.crm_id, "result": together.result}
             logger.info("import parked", extra={**log, "together": True})
             return "parked"
-        message = MessageHolder(sqs, record)
+        message = MessageHolder(sqs, record, getattr(_lane, "outbox", None))
         if context is not None and context.get_remaining_time_in_millis() < budget_ms:
             # Not started: another invocation takes it (with the rate slot held for it).
             if not message.hold(0, fresh=True, keep_reservation=True):
@@ -332,9 +368,10 @@ class MessageHolder:
     - else this message comes back when its visibility ends (a receive it spent: failures).
     """
 
-    def __init__(self, sqs: SQSClient, record: SQSRecord) -> None:
+    def __init__(self, sqs: SQSClient, record: SQSRecord, outbox: _Outbox | None = None) -> None:
         self._sqs = sqs
         self._record = record
+        self._outbox = outbox
         self.requeued = False
         self.turn: Reservation | None = None  # the turn the fresh copy carries, if any
         self.tenant: str | None = record.attributes.message_group_id
@@ -367,6 +404,7 @@ class MessageHolder:
         *,
         keep_reservation: bool = False,
         keeps_a_time: bool = False,
+        later: bool = False,
     ) -> bool:
         wait = _visibility(seconds)
         record = self._record
@@ -398,7 +436,10 @@ class MessageHolder:
                 }
                 if self.tenant:  # SQS fair queues' tenant: the organization, once known
                     send["MessageGroupId"] = self.tenant
-                self._sqs.send_message(**send)
+                if later and self._outbox is not None:
+                    self._outbox.add(record.raw_event, send, time.time() + wait)
+                else:
+                    self._sqs.send_message(**send)
                 self.requeued = True
                 self.turn = carried
             else:
@@ -409,3 +450,81 @@ class MessageHolder:
             logger.warning("could not hold the message for the retry", exc_info=True)
             return False
         return True
+
+
+class _Outbox:
+    """A lane's delayed copies that nothing waits on (`MessageHolder.hold(later=True)`): sent
+    together, `SendMessageBatch` of up to 10, when the lane ends or 10 are waiting. Each copy's
+    delay is counted from its hold, not from the send. A copy SQS refuses in the batch is sent
+    alone; one that cannot be sent is its record's, returned by `flush` (the handler then
+    reports its message failed)."""
+
+    def __init__(self, sqs: SQSClient, clock: Callable[[], float] = time.time) -> None:
+        self._sqs = sqs
+        self._clock = clock
+        self._waiting: list[tuple[dict[str, Any], dict[str, Any], float]] = []
+
+    @property
+    def full(self) -> bool:
+        return len(self._waiting) >= SQS_BATCH_ENTRIES
+
+    def add(self, raw: dict[str, Any], send: dict[str, Any], due: float) -> None:
+        self._waiting.append((raw, send, due))
+
+    def flush(self) -> list[dict[str, Any]]:
+        waiting, self._waiting = self._waiting, []
+        unsent: list[dict[str, Any]] = []
+        for chunk in _chunks(waiting):
+            now = self._clock()
+            sends = [
+                {**send, "DelaySeconds": max(0, min(math.ceil(due - now), SQS_MAX_DELAY_SECONDS))}
+                for _, send, due in chunk
+            ]
+            for i in self._send_batch(sends):
+                try:
+                    self._sqs.send_message(**sends[i])
+                except (BotoCoreError, ClientError):
+                    logger.warning("could not send a delayed copy", exc_info=True)
+                    unsent.append(chunk[i][0])
+        return unsent
+
+    def _send_batch(self, sends: list[dict[str, Any]]) -> Sequence[int]:
+        """The entries SQS did not take (all of them if the call failed)."""
+        url = sends[0]["QueueUrl"]
+        entries = [
+            {"Id": str(i), **{k: v for k, v in send.items() if k != "QueueUrl"}}
+            for i, send in enumerate(sends)
+        ]
+        try:
+            answer = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
+        except (BotoCoreError, ClientError):
+            logger.warning("could not send delayed copies together", exc_info=True)
+            return range(len(sends))
+        failed = [int(f["Id"]) for f in answer.get("Failed") or []]
+        if failed:
+            logger.warning("SQS refused delayed copies", extra={"failed": answer.get("Failed")})
+        return failed
+
+
+def _chunks(
+    waiting: list[tuple[dict[str, Any], dict[str, Any], float]],
+) -> list[list[tuple[dict[str, Any], dict[str, Any], float]]]:
+    """SendMessageBatch's calls: one queue each, at most 10 entries and its payload quota."""
+    chunks: list[list[tuple[dict[str, Any], dict[str, Any], float]]] = []
+    size = 0
+    for entry in waiting:
+        send = entry[1]
+        weight = len(send["MessageBody"].encode()) + len(json.dumps(send["MessageAttributes"]))
+        last = chunks[-1] if chunks else None
+        if (
+            last is None
+            or len(last) >= SQS_BATCH_ENTRIES
+            or size + weight > SQS_BATCH_BYTES
+            or last[0][1]["QueueUrl"] != send["QueueUrl"]
+        ):
+            chunks.append([entry])
+            size = weight
+        else:
+            last.append(entry)
+            size += weight
+    return chunks

@@ -57,11 +57,14 @@ class Holder(Protocol):
         reservation: Reservation | None = None,
         *,
         keeps_a_time: bool = False,
+        later: bool = False,
     ) -> bool:
         """Bring the import back in `seconds`; `fresh`: as a new message (a wait, not a
         failure: no receive spent), carrying `reservation` (the rate slot held for it) and,
-        with `keeps_a_time`, a mark that its record says when it comes back. False if it
-        could not be arranged."""
+        with `keeps_a_time`, a mark that its record says when it comes back. `later`: nothing
+        is written that the copy must precede, so it may be sent with others before the
+        handler answers (a copy that then cannot be sent leaves its message undeleted). False
+        if it could not be arranged."""
         ...
 
 
