@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,17 +174,20 @@ class Driver:
             self.answers.extend(answers)
 
 
-_clients: dict[tuple[int, str], Any] = {}
+# By the stack itself, not its id(): a module's stack, once collected, may leave its id to the
+# next module's, whose emulator listens on another port (a cached client then reached a closed
+# port: seen once as every test of a module refused at once, in a full `make test`).
+_clients: weakref.WeakKeyDictionary[LocalStack, dict[str, Any]] = weakref.WeakKeyDictionary()
 _clients_lock = threading.Lock()
 
 
 def aws(stack: LocalStack, service: str) -> Any:
     """One boto3 client per stack and service (building one costs ~0.1 s; tests poll often)."""
     with _clients_lock:
-        key = (id(stack), service)
-        if key not in _clients:
-            _clients[key] = stack.client(service, max_pool_connections=20)
-        return _clients[key]
+        clients = _clients.setdefault(stack, {})
+        if service not in clients:
+            clients[service] = stack.client(service, max_pool_connections=20)
+        return clients[service]
 
 
 # --- the ledger, through the status API -----------------------------------------------------
