@@ -581,12 +581,14 @@ def _crowded(settings: Settings, clock: OffsetClock) -> Importer:
     return importer
 
 
-def _retrying(importer: Importer, crm_id: str, due: float) -> None:
+def _retrying(importer: Importer, crm_id: str, due: float, in_dlq: bool = False) -> None:
     from crm_to_books.ledger import Completion
 
     claim = importer.ledger.begin(request("account", crm_id), "earlier", 60, 30)
     assert not isinstance(claim, (AlreadySucceeded, Busy))
-    importer.ledger.complete(claim, Completion(Status.RETRYING, next_attempt_at=due))
+    done = Completion(Status.RETRYING, next_attempt_at=due)
+    done.in_dlq = in_dlq  # its message was dead-lettered (then sent back)
+    importer.ledger.complete(claim, done)
 
 
 def _kept_by_a_retry_copy(record: dict[str, Any]) -> None:
@@ -620,7 +622,7 @@ def test_a_retry_that_comes_back_to_a_crowded_organization_says_when_it_will_run
     # later; its record said the earlier time, then past, until that turn.
     importer = _crowded(settings, clock)
     due = clock() - 1  # an earlier attempt said "next attempt in 5 s", 6 s ago
-    _retrying(importer, "7400", due)
+    _retrying(importer, "7400", due, in_dlq=comes_back is _redelivered)
     message = sqs_record({"organization_id": ORG, "crm_id": "7400"})
     comes_back(message)
     sqs = FakeSqs()
@@ -639,7 +641,7 @@ def test_a_retry_that_comes_back_to_a_crowded_organization_says_when_it_will_run
     record = importer.ledger.get(ORG, "account", "7400")
     assert record and record.status is Status.RETRYING and record.next_attempt_at
     assert back_at - 2 <= epoch(record.next_attempt_at) <= back_at + 2
-    assert not record.parked  # the copy owns it
+    assert not record.parked and not record.in_dlq  # the copy in the queue owns it
     assert record.detail and "waits for its turn" in record.detail
     assert batch.TIME_KEPT_ATTRIBUTE in copy["MessageAttributes"] or comes_back is not (
         _kept_by_a_retry_copy

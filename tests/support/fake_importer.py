@@ -258,10 +258,15 @@ class FakeImporter:
 
 class FakeSqs:
     """`fail`: every call fails. `fail_batches`: SendMessageBatch fails as a call. `refuse`:
-    message bodies SendMessageBatch reports failed (SQS's per-entry `Failed`), sent alone."""
+    message bodies SendMessageBatch reports failed (SQS's per-entry `Failed`), sent alone;
+    `unsendable`: bodies no send takes."""
 
     def __init__(
-        self, fail: bool = False, fail_batches: bool = False, refuse: Sequence[str] = ()
+        self,
+        fail: bool = False,
+        fail_batches: bool = False,
+        refuse: Sequence[str] = (),
+        unsendable: Sequence[str] = (),
     ) -> None:
         self.meta = SimpleNamespace(endpoint_url=ENDPOINT)
         self.visibility: list[dict[str, Any]] = []
@@ -269,7 +274,8 @@ class FakeSqs:
         self.batches: list[int] = []  # SendMessageBatch calls that took entries: how many
         self._fail = fail
         self._fail_batches = fail_batches
-        self._refuse = set(refuse)
+        self._unsendable = set(unsendable)  # bodies no send takes, in a batch or alone
+        self._refuse = set(refuse) | self._unsendable
 
     def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         assert 1 <= len(Entries) <= 10 and len({e["Id"] for e in Entries}) == len(Entries)
@@ -292,7 +298,7 @@ class FakeSqs:
         return {"Successful": [{"Id": e["Id"]} for e in taken], "Failed": failed}
 
     def send_message(self, **params: Any) -> dict[str, str]:
-        if self._fail:
+        if self._fail or params.get("MessageBody") in self._unsendable:
             raise ClientError(
                 {"Error": {"Code": "AWS.SimpleQueueService.NonExistentQueue", "Message": "gone"}},
                 "SendMessage",

@@ -587,3 +587,61 @@ def test_a_delayed_copy_counts_its_delay_from_its_hold() -> None:
 
     assert outbox.flush() == []
     assert [m["DelaySeconds"] for m in sqs.sent] == [36, 0]
+
+
+def test_a_lane_whose_copies_cannot_be_sent_fails_only_its_own_records() -> None:
+    # Two lanes at once; one organization's copies cannot be sent. Only its originals stay in
+    # the queue (batch item failures); the other lane's copies are sent and its originals go.
+    other = ORGS[0]
+    importer = FakeImporter(
+        make_settings(organizations={ORG: Organization(), other: Organization()})
+    )
+    records, unsendable = [], []
+    for org in (ORG, other):
+        for i in range(3):
+            crm_id = f"{5000 + i}" if org == ORG else f"{6000 + i}"
+            importer.script(
+                crm_id, result="retry_later", retry_after=30, rate_limited=True, later=True
+            )
+            body = {"organization_id": org, "crm_id": crm_id}
+            records.append(sqs_record(body, message_id=f"m-{crm_id}"))
+            if org == ORG:
+                unsendable.append(json.dumps(body))
+    sqs = FakeSqs(unsendable=unsendable)
+
+    response = run(importer, *records, sqs=sqs)
+
+    assert sorted(failures(response)) == ["m-5000", "m-5001", "m-5002"]
+    assert sorted(json.loads(m["MessageBody"])["crm_id"] for m in sqs.sent) == [
+        "6000",
+        "6001",
+        "6002",
+    ]
+
+
+class _RunsAtSend(FakeSqs):
+    """Notes how many imports had run when each batch of copies was sent."""
+
+    def __init__(self, importer: FakeImporter) -> None:
+        super().__init__()
+        self._importer = importer
+        self.runs_at_send: list[int] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        self.runs_at_send.append(sum(c[0] == "run" for c in self._importer.calls))
+        return super().send_message_batch(QueueUrl, Entries)
+
+
+@pytest.mark.parametrize(("wait", "runs"), [(1, 1), (41, 3)], ids=["due soon", "due later"])
+def test_a_copy_due_soon_goes_before_the_lanes_next_record(
+    importer: FakeImporter, wait: float, runs: int
+) -> None:
+    # A later record may wait on Zoho for seconds: a copy whose turn is that close is not held.
+    importer.script("7001", result="retry_later", retry_after=wait, rate_limited=True, later=True)
+    records = [sqs_record({"organization_id": ORG, "crm_id": c}) for c in ("7001", "7002", "7003")]
+    sqs = _RunsAtSend(importer)
+
+    run(importer, *records, sqs=sqs)
+
+    assert sqs.runs_at_send == [runs]
+    assert json.loads(sqs.sent[0]["MessageBody"])["crm_id"] == "7001"

@@ -81,6 +81,9 @@ TIME_KEPT_ATTRIBUTE = "crm-to-books-time-kept"
 PARALLEL_RECORDS = BATCH_SIZE  # a batch's organizations imported at once, one thread each
 SQS_BATCH_ENTRIES = 10  # SendMessageBatch's most entries
 SQS_BATCH_BYTES = 256 * 1024  # its most payload, as the smallest quota any region had
+# A lane's waiting copies go before its next record once one is due this soon, so a slow record
+# (an import waiting on Zoho) does not hold a copy past its turn.
+FLUSH_AHEAD_SECONDS = 2.0
 
 _lane = threading.local()  # the running lane's outbox (`_Outbox`), in a lane's thread
 
@@ -172,6 +175,8 @@ class ParallelBatchProcessor(BatchProcessor):
                 if ask:
                     asks -= 1
                     self._park_together(lane[i:])
+                if outbox is not None and outbox.due_within(FLUSH_AHEAD_SECONDS):
+                    self._unsent(outbox.flush(), done)
                 together = record["messageId"] in self._parked
                 done.append(self._process_record(record))
                 ask = asks > 0 and done[-1][1] == "parked" and not together
@@ -193,9 +198,11 @@ class ParallelBatchProcessor(BatchProcessor):
                 raise RetryLater("its delayed copy could not be sent")
             except RetryLater:
                 info = sys.exc_info()
-            with self._reporting:
-                kept = [m for m in self.success_messages if id(m) != id(raw)]
-                self.success_messages[:] = kept
+            with self._reporting:  # other lanes only append meanwhile: an index stays true
+                for i, reported in enumerate(self.success_messages):
+                    if reported is raw:  # type: ignore[comparison-overlap]
+                        del self.success_messages[i]
+                        break
                 failed = self.failure_handler(SQSRecord(raw), info)
             done[:] = [failed if entry[2] is raw else entry for entry in done]
 
@@ -454,10 +461,11 @@ class MessageHolder:
 
 class _Outbox:
     """A lane's delayed copies that nothing waits on (`MessageHolder.hold(later=True)`): sent
-    together, `SendMessageBatch` of up to 10, when the lane ends or 10 are waiting. Each copy's
-    delay is counted from its hold, not from the send. A copy SQS refuses in the batch is sent
-    alone; one that cannot be sent is its record's, returned by `flush` (the handler then
-    reports its message failed)."""
+    together, `SendMessageBatch` of up to 10, when the lane ends, 10 are waiting or one is due
+    within `FLUSH_AHEAD_SECONDS` (before the lane's next record). Each copy's delay is counted
+    from its hold, not from the send. A copy SQS refuses in the batch is sent alone; one that
+    cannot be sent is its record's, returned by `flush` (the handler then reports its message
+    failed)."""
 
     def __init__(self, sqs: SQSClient, clock: Callable[[], float] = time.time) -> None:
         self._sqs = sqs
@@ -470,6 +478,10 @@ class _Outbox:
 
     def add(self, raw: dict[str, Any], send: dict[str, Any], due: float) -> None:
         self._waiting.append((raw, send, due))
+
+    def due_within(self, seconds: float) -> bool:
+        """A waiting copy is due to come back within `seconds`."""
+        return any(due - self._clock() <= seconds for _, _, due in self._waiting)
 
     def flush(self) -> list[dict[str, Any]]:
         waiting, self._waiting = self._waiting, []

@@ -623,11 +623,11 @@ class Ledger:
         turn (its organization at its limit, no lease taken): the record says the new time,
         which that message keeps, instead of the earlier one, now past. Only if it still says
         an earlier time (another attempt may have written since); the message owns it, so it
-        is not parked. False if the record is not such."""
+        is neither parked nor in the dead-letter queue. False if the record is not such."""
         return self._update_retrying(
             request.key,
             "SET next_attempt_at = :at, next_attempt_epoch = :epoch, detail = :detail, "
-            "parked = :f, updated_at = :now",
+            "parked = :f, in_dlq = :f, updated_at = :now",
             "next_attempt_epoch < :epoch",
             {":at": iso(at), ":epoch": at, ":detail": detail, ":f": False},
         )
