@@ -114,6 +114,9 @@ def test_a_burst_over_the_limit_waits_for_turns_and_imports_each_record_once(
     # And the waiting messages were given turns (a held slot, the time its call may start)
     turns = logs.records("e2e-limits-contact-import", message="import requeued")
     assert any("turn_at" in line for line in turns), turns
+    # ... some of them, waiting before any lease, sent together (SendMessageBatch, through the
+    # local stack's SQS and the function's role)
+    assert any(line.get("together") is True for line in turns), turns
     # ... and none was lost to the DLQ on the way
     assert queue_depth(stack, stack.dlq_urls["contact"]) == 0
 

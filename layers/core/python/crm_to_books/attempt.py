@@ -775,8 +775,8 @@ class Attempt:
         seat that frees within a second is waited for, once), after a turn this container's own
         release kept for the next queued import (`RateLimiter.claim`, no call). A held slot or
         a short wait ends the attempt here: the message holds it (with the slot), and the
-        ledger is neither read nor written (the record stays as it was: queued, none yet, or, a
-        known gap, retrying with an earlier retry's time, now past). A permit goes on to the
+        ledger is neither read nor written (the record stays as it was: queued, or none yet;
+        a retrying one is told the new time by `run`, `_reschedule`). A permit goes on to the
         lease; a park goes through the ledger as any attempt's does."""
         got: Permit | Reservation | Denied
         if reservation is not None:

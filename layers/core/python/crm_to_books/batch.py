@@ -11,8 +11,8 @@
   writes the record, so the record's next attempt is one a message keeps;
 - a wait for a turn that writes nothing (the organization at its limit, before the lease) is
   sent with the lane's others, one `SendMessageBatch` of up to 10 delayed copies, when the lane
-  ends; a copy SQS will not take is sent alone, and one that cannot be sent at all leaves its
-  message undeleted (a batch item failure), so nothing is lost;
+  ends (or sooner, when one is due); a copy SQS will not take is sent alone, and one that
+  cannot be sent at all leaves its message undeleted (a batch item failure), so nothing is lost;
 - poison (can never succeed): recorded as failed where it names a ledger key, and deleted,
   so it neither blocks the batch nor loops until the DLQ.
 
@@ -309,6 +309,7 @@ def _record_handler(
         if message.requeued:  # a fresh copy holds it: this one is deleted
             turn = message.turn  # a rate slot held for it: when its call may start
             at = {"turn_at": round(turn.start_at, 2)} if turn is not None else {}
+            at |= {"together": True} if message.together else {}  # the lane's SendMessageBatch
             logger.info("import requeued", extra={**log, "retry_after": outcome.retry_after, **at})
             return "requeued"
         # This message holds it: back when its visibility (set before the record was written,
@@ -380,6 +381,7 @@ class MessageHolder:
         self._record = record
         self._outbox = outbox
         self.requeued = False
+        self.together = False  # the fresh copy waits in the lane's outbox, sent with others
         self.turn: Reservation | None = None  # the turn the fresh copy carries, if any
         self.tenant: str | None = record.attributes.message_group_id
 
@@ -445,6 +447,7 @@ class MessageHolder:
                     send["MessageGroupId"] = self.tenant
                 if later and self._outbox is not None:
                     self._outbox.add(record.raw_event, send, time.time() + wait)
+                    self.together = True
                 else:
                     self._sqs.send_message(**send)
                 self.requeued = True
@@ -496,7 +499,14 @@ class _Outbox:
                 try:
                     self._sqs.send_message(**sends[i])
                 except (BotoCoreError, ClientError):
-                    logger.warning("could not send a delayed copy", exc_info=True)
+                    # Its message is reported failed: the queue brings it back (another lane's
+                    # record may have logged last in this thread, so the message is named).
+                    logger.warning(
+                        "could not send a delayed copy: its message comes back when its "
+                        "visibility ends",
+                        extra={"message_id": chunk[i][0].get("messageId")},
+                        exc_info=True,
+                    )
                     unsent.append(chunk[i][0])
         return unsent
 
